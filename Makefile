@@ -1,0 +1,35 @@
+# One venv, pinned by constraints.txt; every target works from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export SDL_VIDEODRIVER := offscreen
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test lint demo checkpoint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check vla_driver test launch trt bench setup.py
+
+test: setup lint
+	$(BIN)/python -m pytest -q test
+
+demo: setup
+	$(BIN)/vla-driver demo
+
+checkpoint: setup
+	$(BIN)/vla-driver train-sft --out checkpoints/default
+
+clean:
+	rm -rf $(VENV) build *.egg-info

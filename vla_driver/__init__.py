@@ -1,0 +1,3 @@
+"""vla_driver: a ROS 2 runtime that drives with a Vision-Language-Action model."""
+
+__version__ = "0.1.0"
