@@ -1,0 +1,173 @@
+"""Checkpoint directory: safetensors only, a manifest with versions, vocabularies and sha256 of every file.
+
+Layout::
+
+    manifest.json                 versions, config, vocabulary, trajectory spec, lineage, files -> sha256
+    base/                         the base LLM (save_pretrained, safetensors) incl. added-token embeddings
+    adapters/decision/, adapters/action/   peft adapters (adapter_model.safetensors + adapter_config.json)
+    modules.safetensors           vision encoder, ego projection, trajectory head
+    tokenizer/                    tokenizer.json + tokenizer_config.json
+
+Loading verifies every hash first and refuses pickle files, so a tampered or unsafe checkpoint never runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..core.vocabulary import DecisionVocabulary
+from .config import VLAConfig
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MODULES = ("vision", "ego_proj", "traj_head")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be loaded; the message says which file and why."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    from .. import __version__
+
+    return {"vla_driver": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def module_state(model) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.detach().contiguous().cpu()
+            for name in MODULES for k, v in getattr(model, name).state_dict().items()}
+
+
+def save_base_llm(base, out: Path) -> None:
+    """The base weights without the injected LoRA layers (peft wraps q/k/v/o as ``base_layer``)."""
+    out.mkdir(parents=True)
+    state = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value.detach().contiguous().cpu()
+    if base.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    base.config.save_pretrained(out)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write atomically: build in a temp dir beside ``out_dir``, then rename over it."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        llm = model.llm
+        active = llm.active_adapter
+        save_base_llm(llm.get_base_model(), tmp / "base")
+        llm.save_pretrained(tmp / "adapters", safe_serialization=True)  # one folder per adapter
+        # peft writes the default-named adapter at the root; ours are all named, so move any stray files.
+        for name in llm.peft_config:
+            sub = tmp / "adapters" / name
+            if not sub.exists():
+                sub.mkdir()
+                for f in (tmp / "adapters").iterdir():
+                    if f.is_file():
+                        f.rename(sub / f.name)
+        llm.set_adapter(active)
+        save_file(module_state(model), str(tmp / "modules.safetensors"))
+        model.tokenizer.save_pretrained(tmp / "tokenizer")
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_version": version,
+            "versions": _versions(),
+            "config": model.cfg.to_dict(),
+            "vocabulary": model.vocab.to_dict(),
+            "trajectory": model.spec.to_dict(),
+            "adapters": sorted(llm.peft_config),
+            "lineage": lineage or {},
+            "metrics": metrics or {},
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def read_manifest(ckpt_dir: str | Path) -> dict:
+    path = Path(ckpt_dir) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir}: no {MANIFEST}; not a vla_driver checkpoint")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> dict:
+    """Check the manifest's hashes and refuse pickle files. Returns the manifest."""
+    ckpt_dir = Path(ckpt_dir)
+    manifest = read_manifest(ckpt_dir)
+    for p in ckpt_dir.rglob("*"):
+        if p.suffix in PICKLE_SUFFIXES:
+            raise CheckpointError(f"{p}: pickle-based weight files are refused; use safetensors")
+    for rel, digest in manifest.get("files", {}).items():
+        path = ckpt_dir / rel
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise CheckpointError(f"{path}: sha256 {actual[:16]}.. does not match manifest {digest[:16]}.. "
+                                  "(file changed or corrupted)")
+    return manifest
+
+
+def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
+    """Verify, then rebuild the model from its own files (no hub access, no pickle)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_tokenizer
+    from .vla import ACTION, DECISION, VLAModel
+
+    ckpt_dir = Path(ckpt_dir)
+    manifest = verify_checkpoint(ckpt_dir)
+    cfg = VLAConfig.from_dict(manifest["config"])
+    vocab = DecisionVocabulary.from_dict(manifest["vocabulary"])
+    tokenizer = load_tokenizer(ckpt_dir / "tokenizer")
+    base = AutoModelForCausalLM.from_pretrained(ckpt_dir / "base", local_files_only=True, dtype=torch.float32,
+                                                use_safetensors=True)
+    llm = PeftModel.from_pretrained(base, str(ckpt_dir / "adapters" / DECISION), adapter_name=DECISION)
+    llm.load_adapter(str(ckpt_dir / "adapters" / ACTION), adapter_name=ACTION)
+    llm.set_adapter(DECISION)
+    model = VLAModel(cfg, llm, tokenizer, vocab)
+    state = load_file(str(ckpt_dir / "modules.safetensors"))
+    for name in MODULES:
+        prefix = f"{name}."
+        getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.model_version = manifest["model_version"]
+    model.manifest = manifest
+    return model.to(device).eval()

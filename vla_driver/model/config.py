@@ -1,0 +1,71 @@
+"""Model configuration: one dataclass, documented defaults, JSON round trip (stored in the manifest)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TinyLLMConfig:
+    """The Qwen2 built locally when no pretrained directory is given (~3 M parameters)."""
+
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    tokenizer_vocab_size: int = 800  # upper bound for the locally trained BPE
+
+
+@dataclass
+class LoRAConfig:
+    """MindDrive's adapter settings (r 16, alpha 16, dropout 0.05 on q/k/v/o)."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class VisionConfig:
+    """Small CNN trained from scratch; ``pretrained_dir`` plugs in a local Hugging Face vision model instead."""
+
+    image_height: int = 64
+    image_width: int = 128
+    channels: tuple[int, ...] = (24, 48, 64, 96)
+    token_grid: tuple[int, int] = (2, 8)  # visual tokens = rows x cols
+    pretrained_dir: str = ""
+
+
+@dataclass
+class VLAConfig:
+    llm: TinyLLMConfig = field(default_factory=TinyLLMConfig)
+    llm_pretrained_dir: str = ""  # e.g. a local Qwen2.5-0.5B directory on the car
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    vocabulary: str = "alphadrive"  # or "minddrive"
+    num_waypoints: int = 6
+    waypoint_dt: float = 0.5
+    num_query_tokens: int = 2
+    head_hidden: int = 256
+    ego_scale: tuple[float, float, float] = (20.0, 3.0, 0.5)  # divide speed, accel, yaw rate before projection
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.token_grid[0] * self.vision.token_grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VLAConfig:
+        d = dict(d)
+        vision = d.pop("vision", {})
+        vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
+        return cls(
+            llm=TinyLLMConfig(**d.pop("llm", {})),
+            lora=LoRAConfig(**d.pop("lora", {})),
+            vision=vision,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()},
+        )
