@@ -26,7 +26,14 @@ class ConvVisionEncoder(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.GELU()]
             cin = cout
         self.backbone = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(cfg.token_grid)
+        # Fixed pooling (input size is fixed after preprocessing) keeps the graph static for ONNX/TensorRT.
+        feat_h, feat_w = cfg.image_height, cfg.image_width
+        for _ in cfg.channels:
+            feat_h, feat_w = (feat_h + 1) // 2, (feat_w + 1) // 2
+        rows, cols = cfg.token_grid
+        if feat_h % rows or feat_w % cols:
+            raise ValueError(f"feature map {feat_h}x{feat_w} does not divide into token grid {rows}x{cols}")
+        self.pool = nn.AvgPool2d((feat_h // rows, feat_w // cols))
         self.pos = nn.Parameter(torch.zeros(cfg.token_grid[0] * cfg.token_grid[1], cin))
         self.proj = nn.Sequential(nn.Linear(cin, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
         self.cfg = cfg

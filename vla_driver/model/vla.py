@@ -53,7 +53,8 @@ class VLAModel(nn.Module):
     @property
     def decoder(self) -> nn.Module:
         """The bare transformer (no LM head) with LoRA layers injected: used where logits are not needed."""
-        return self.llm.get_base_model().model
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return llm.model
 
     @property
     def embed_tokens(self) -> nn.Module:
@@ -100,7 +101,7 @@ class VLAModel(nn.Module):
         ], dim=2)
         allowed = torch.cat([top, bottom], dim=1)  # (B, T, T)
         # Rows of padding positions would attend to nothing: let them see themselves to keep softmax finite.
-        allowed = allowed | torch.eye(total, dtype=torch.bool, device=device)[None]
+        allowed = allowed | (cols[:, None] == cols[None, :])[None]
         mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=device)
         mask = mask.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]
         positions = torch.cat([
@@ -157,5 +158,15 @@ class VLAModel(nn.Module):
         return base + raw * scale * self.times[None, None, :, None] / self.times[-1]
 
     def select_adapter(self, name: str) -> None:
-        if self.llm.active_adapter != name:
+        """Switch LoRA adapter; a no-op on a merged (exported) copy, which has exactly one."""
+        if hasattr(self.llm, "set_adapter") and self.llm.active_adapter != name:
             self.llm.set_adapter(name)
+
+    def merged_copy(self, adapter: str) -> VLAModel:
+        """A deep copy with ``adapter`` merged into the base: a plain Qwen2, what gets exported."""
+        import copy
+
+        clone = copy.deepcopy(self)
+        clone.llm.set_adapter(adapter)
+        clone.llm = clone.llm.merge_and_unload(adapter_names=[adapter])
+        return clone.eval()

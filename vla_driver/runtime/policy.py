@@ -1,6 +1,7 @@
 """Policies behind the nodes: the torch reference backend and the factory that picks a backend."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -112,12 +113,87 @@ def make_result(log_table: np.ndarray, vocab, sample: bool, rng, reasoning: str,
     )
 
 
-def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threads: int = 2):
-    """A DrivingPolicy for ``checkpoint`` on the requested backend (``auto`` = fastest valid one)."""
-    from ..model.checkpoint import load_checkpoint
+def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threads: int = 2,
+                precision: str = "fp16", allow_rebuild: bool = False):
+    """A DrivingPolicy for ``checkpoint`` on the requested backend.
+
+    ``auto`` picks the fastest valid one: TensorRT engines (``<ckpt>/engines``) if TensorRT is here and every
+    engine passes the cache rules, else ONNX Runtime on ``<ckpt>/onnx`` (exported on first use), else torch.
+    An explicit request that cannot be met falls back with a warning. ``policy.backend_choice`` says why.
+    """
+    from ..model.checkpoint import load_checkpoint, sha256_file, verify_checkpoint
+    from .backend_select import resolve_backend
 
     path = resolve_checkpoint(checkpoint)
+    manifest = verify_checkpoint(path)
     torch.set_num_threads(threads)
-    if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
-        raise ValueError(f"unknown backend {backend!r}; use auto, tensorrt, onnxruntime or torch")
-    return TorchPolicy(load_checkpoint(path))
+    warnings: list[str] = []
+    runners, specs, engines_ok, ort_runners, details = {}, {}, False, {}, ""
+    if backend != "torch":
+        try:
+            specs = ensure_exported(path, sha256_file(path / "manifest.json"))
+        except Exception as err:  # export problems must not stop the car: torch still drives
+            warnings.append(f"ONNX export unavailable: {err}")
+        if specs:
+            engines_ok, runners, details = open_engines(path / "engines", specs, precision, allow_rebuild)
+            try:
+                from .onnx_backend import OrtSession
+
+                ort_runners = {name: OrtSession(path / "onnx" / s.onnx_file, s.onnx_sha256, threads)
+                               for name, s in specs.items()}
+            except Exception as err:
+                warnings.append(f"ONNX Runtime cannot load the graphs: {err}")
+    choice = resolve_backend(backend, engines_ok, bool(ort_runners), details=details)
+    if choice.name == "tensorrt":
+        policy = graph_policy(runners, specs, path, manifest, "tensorrt")
+    elif choice.name == "onnxruntime":
+        policy = graph_policy(ort_runners, specs, path, manifest, "onnxruntime")
+    else:
+        policy = TorchPolicy(load_checkpoint(path))
+    choice = dataclasses.replace(choice, warnings=tuple(warnings) + tuple(choice.warnings))
+    policy.backend_choice = choice
+    for w in choice.warnings:
+        log.warning("backend: %s", w)
+    log.info("backend %s (%s)", choice.name, choice.reason)
+    return policy
+
+
+def ensure_exported(path: Path, checkpoint_sha: str) -> dict:
+    """Graphs for this exact checkpoint: reuse ``<ckpt>/onnx`` when its specs name this checkpoint's hash."""
+    from .export import SPEC_FILE, export_checkpoint
+    from .graph_spec import load_graph_specs
+
+    spec_file = path / "onnx" / SPEC_FILE
+    if spec_file.is_file():
+        specs = {s.name: s for s in load_graph_specs(spec_file)}
+        if all(s.checkpoint_sha256 == checkpoint_sha for s in specs.values()):
+            return specs
+        log.warning("ONNX graphs in %s belong to another checkpoint; re-exporting", spec_file.parent)
+    log.info("exporting ONNX graphs to %s", path / "onnx")
+    return {s.name: s for s in export_checkpoint(path, path / "onnx")}
+
+
+def open_engines(engine_dir: Path, specs: dict, precision: str, allow_rebuild: bool):
+    from .tensorrt_backend import open_engine
+
+    runners, reasons = {}, []
+    for name, spec in specs.items():
+        runner, decision = open_engine(engine_dir, spec, precision, allow_rebuild)
+        if runner is None:
+            reasons.append(f"{name}: {decision.summary()}")
+        else:
+            runners[name] = runner
+    return not reasons, runners, "; ".join(reasons)
+
+
+def graph_policy(runners: dict, specs: dict, path: Path, manifest: dict, backend_name: str):
+    from ..core.trajectory import TrajectorySpec
+    from ..core.vocabulary import DecisionVocabulary
+    from ..model.config import VLAConfig
+    from ..model.tokenizer import load_tokenizer
+    from .graph_policy import GraphPolicy
+
+    cfg = VLAConfig.from_dict(manifest["config"])
+    return GraphPolicy(runners, specs, path / "onnx", load_tokenizer(path / "tokenizer"),
+                       DecisionVocabulary.from_dict(manifest["vocabulary"]),
+                       TrajectorySpec.from_dict(manifest["trajectory"]), cfg, manifest["model_version"], backend_name)

@@ -1,0 +1,31 @@
+"""Shared fixtures: one tiny random checkpoint per session (built by the project's own code)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    from vla_driver.model.build import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_checkpoint):
+    from vla_driver.runtime.policy import load_policy
+
+    return load_policy(tiny_checkpoint, backend="torch")
+
+
+def make_observation(seed: int = 0, speed: float = 10.0, navigation: str = "Go straight for 100m"):
+    from vla_driver.core.types import Observation
+
+    rng = np.random.default_rng(seed)
+    return Observation(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8), speed, navigation)

@@ -1,0 +1,38 @@
+"""Benchmarks: figures measured side by side in one run, each ending with one JSON line."""
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+
+def time_calls(fn: Callable[[], object], iters: int, warmup: int = 3) -> np.ndarray:
+    """Wall-clock milliseconds of ``iters`` calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(iters)
+    for i in range(iters):
+        start = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - start) * 1e3
+    return out
+
+
+def percentiles(ms: np.ndarray) -> dict:
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def peak_python_mb(fn: Callable[[], object]) -> float:
+    """Peak Python-heap allocation of one call (torch/ORT native buffers are not counted)."""
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def emit(record: dict) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
