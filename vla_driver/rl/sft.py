@@ -185,7 +185,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, base_checkpoint: str | 
     data_hashes = {p.name: sha256_file(p) for p in sorted(Path(data_dir).glob("*.npz"))}
     lineage = {"kind": "sft", "parent": getattr(model, "model_version", None), "data": data_hashes,
                "sft_config": asdict(cfg), "samples": int(len(data["speed"]))}
-    out = save_checkpoint(model, out_dir, lineage=lineage, metrics={"sft": report})
+    save_checkpoint(model, out_dir, lineage=lineage, metrics={"sft": report})
     save_curves(trainer.history, Path(out_dir).with_suffix(".loss.png"))
     log.info("SFT report %s", json.dumps(report))
     return report
