@@ -145,9 +145,9 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
                 warnings.append(f"ONNX Runtime cannot load the graphs: {err}")
     choice = resolve_backend(backend, engines_ok, bool(ort_runners), details=details)
     if choice.name == "tensorrt":
-        policy = graph_policy(runners, specs, path, manifest, "tensorrt")
+        policy = graph_policy(runners, specs, path / "onnx", manifest, "tensorrt", path)
     elif choice.name == "onnxruntime":
-        policy = graph_policy(ort_runners, specs, path, manifest, "onnxruntime")
+        policy = graph_policy(ort_runners, specs, path / "onnx", manifest, "onnxruntime", path)
     else:
         policy = TorchPolicy(load_checkpoint(path))
     choice = dataclasses.replace(choice, warnings=tuple(warnings) + tuple(choice.warnings))
@@ -186,7 +186,7 @@ def open_engines(engine_dir: Path, specs: dict, precision: str, allow_rebuild: b
     return not reasons, runners, "; ".join(reasons)
 
 
-def graph_policy(runners: dict, specs: dict, path: Path, manifest: dict, backend_name: str):
+def graph_policy(runners: dict, specs: dict, graph_dir: Path, manifest: dict, backend_name: str, path: Path):
     from ..core.trajectory import TrajectorySpec
     from ..core.vocabulary import DecisionVocabulary
     from ..model.config import VLAConfig
@@ -194,6 +194,6 @@ def graph_policy(runners: dict, specs: dict, path: Path, manifest: dict, backend
     from .graph_policy import GraphPolicy
 
     cfg = VLAConfig.from_dict(manifest["config"])
-    return GraphPolicy(runners, specs, path / "onnx", load_tokenizer(path / "tokenizer"),
+    return GraphPolicy(runners, specs, graph_dir, load_tokenizer(path / "tokenizer"),
                        DecisionVocabulary.from_dict(manifest["vocabulary"]),
                        TrajectorySpec.from_dict(manifest["trajectory"]), cfg, manifest["model_version"], backend_name)

@@ -1,0 +1,85 @@
+"""ONNX export, ONNX Runtime parity with torch, backend selection and hash checks on the real graphs."""
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from vla_driver.runtime.export import (
+    SPEC_FILE,
+    example_observation,
+    export_checkpoint,
+    verify_onnx_against_torch,
+)
+from vla_driver.runtime.graph_spec import load_graph_specs
+from vla_driver.runtime.policy import load_policy
+from vla_driver.runtime.tensorrt_backend import unsupported_ops
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("export") / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    export_checkpoint(ckpt, ckpt / "onnx")
+    return ckpt
+
+
+def test_graphs_and_specs(exported):
+    specs = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
+    assert set(specs) == {"decision_scorer", "action_planner", "prompt_embedder", "decoder_step"}
+    for spec in specs.values():
+        spec.validate()
+        model = onnx.load(str(exported / "onnx" / spec.onnx_file))
+        onnx.checker.check_model(model)
+        assert unsupported_ops(model) == [], spec.name  # TensorRT's ONNX parser can take every node
+        assert spec.adapter in ("decision", "action") and len(spec.checkpoint_sha256) == 64
+    # the sequence axis stayed dynamic (example length >= 2 at export)
+    seq = specs["decision_scorer"].inputs["input_ids"].shape[1]
+    assert isinstance(seq, str)
+
+
+def test_onnxruntime_matches_torch(exported):
+    frames = [example_observation(i) for i in range(8)]
+    report = verify_onnx_against_torch(exported, frames=frames, generate_tokens=12)
+    assert report["decision_agreement"] == 1.0
+    assert report["max_traj_diff_m"] <= 1e-3
+    assert report["max_prob_diff"] <= 1e-4
+    assert report["generate_token_identical"] and report["generated_tokens"] == 12
+
+
+def test_auto_picks_onnxruntime_without_tensorrt(exported):
+    policy = load_policy(exported, backend="auto")
+    assert policy.backend_name == "onnxruntime"
+    assert "TensorRT" in policy.backend_choice.reason
+    explicit = load_policy(exported, backend="tensorrt")
+    assert explicit.backend_name == "onnxruntime"
+    assert any("requested tensorrt" in w for w in explicit.backend_choice.warnings)
+    obs = example_observation(3)
+    torch_policy = load_policy(exported, backend="torch")
+    np.testing.assert_allclose(policy.decide(obs).probs, torch_policy.decide(obs).probs, atol=1e-5)
+    assert policy.decide(obs, think=True).decision.speed in policy.vocab.speeds
+
+
+def test_corrupted_onnx_falls_back_to_torch(exported, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(exported, ckpt)
+    target = ckpt / "onnx" / "decision_scorer.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    policy = load_policy(ckpt, backend="onnxruntime")
+    assert policy.backend_name == "torch"
+    assert any("sha256" in w.lower() or "hash" in w.lower() for w in policy.backend_choice.warnings)
+    assert policy.decide(example_observation(0)).decision.speed in policy.vocab.speeds
+
+
+def test_graphs_of_another_checkpoint_are_reexported(exported, tiny_checkpoint, tmp_path):
+    from vla_driver.model.build import build_random_checkpoint
+
+    other = build_random_checkpoint(tmp_path / "other", seed=1)
+    shutil.copytree(exported / "onnx", other / "onnx")  # stale graphs from a different checkpoint
+    policy = load_policy(other, backend="onnxruntime")
+    assert policy.backend_name == "onnxruntime"
+    specs = load_graph_specs(other / "onnx" / SPEC_FILE)
+    stale = load_graph_specs(exported / "onnx" / SPEC_FILE)
+    assert specs[0].checkpoint_sha256 != stale[0].checkpoint_sha256
