@@ -20,6 +20,12 @@ def register(sub, bench_sub) -> None:
     b.add_argument("--threads", type=int, default=2)
     b.set_defaults(func=bench_decision)
 
+    b = bench_sub.add_parser("backends", help="torch eager vs ONNX Runtime latency and memory at batch 1")
+    b.add_argument("--checkpoint", default="")
+    b.add_argument("--iters", type=int, default=100)
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=bench_backends)
+
 
 def init_checkpoint(args) -> int:
     from ..model.build import build_random_checkpoint
@@ -47,6 +53,13 @@ def inspect(args) -> int:
 
 def bench_decision(args) -> int:
     from ..bench.decision import run
+
+    run(args.checkpoint, args.iters, args.threads)
+    return 0
+
+
+def bench_backends(args) -> int:
+    from ..bench.backends import run
 
     run(args.checkpoint, args.iters, args.threads)
     return 0

@@ -1,0 +1,59 @@
+"""Training and export commands: imitation from the simulator expert, ONNX export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub, bench_sub) -> None:
+    p = sub.add_parser("train-sft", help="record expert driving in the simulator and train the policy by imitation")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--data", default="", help="existing dataset dir (from record-expert); recorded if empty")
+    p.add_argument("--scenarios", default="highway,merge,roundabout,intersection")
+    p.add_argument("--episodes", type=int, default=12, help="expert episodes per scenario when recording")
+    p.add_argument("--from-checkpoint", default="", help="start from this checkpoint instead of a fresh model")
+    p.add_argument("--action-steps", type=int, default=None)
+    p.add_argument("--decision-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=train_sft)
+
+    p = sub.add_parser("export", help="export a checkpoint's graphs to ONNX (per adapter, merged)")
+    p.add_argument("--checkpoint", default="", help="checkpoint dir (default: the embedded one)")
+    p.add_argument("--out", default="", help="output dir (default: CHECKPOINT/onnx)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-seq", type=int, default=256)
+    p.set_defaults(func=export)
+
+
+def train_sft(args) -> int:
+    from ..rl.sft import SFTConfig
+    from ..rl.sft import train_sft as run
+    from ..sim.dataset import record_expert_dataset
+    from ..sim.highway import SCENARIOS
+
+    cfg = SFTConfig(seed=args.seed)
+    for field in ("action_steps", "decision_steps", "batch_size"):
+        if getattr(args, field) is not None:
+            setattr(cfg, field, getattr(args, field))
+    data = Path(args.data) if args.data else Path(args.out).with_suffix(".data")
+    if not args.data:
+        scenarios = [s for s in args.scenarios.split(",") if s]
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown:
+            raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
+        record_expert_dataset(data, scenarios, list(range(args.episodes)))
+    report = run(data, args.out, args.from_checkpoint or None, cfg)
+    print(json.dumps({"bench": "sft", **report}))
+    return 0
+
+
+def export(args) -> int:
+    from ..runtime.export import export_checkpoint
+    from ..runtime.policy import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt / "onnx"
+    for spec in export_checkpoint(ckpt, out, args.max_batch, args.max_seq):
+        print(f"{spec.name:<16} {out / spec.onnx_file}  sha256 {spec.onnx_sha256[:16]}..  adapter {spec.adapter}")
+    return 0
