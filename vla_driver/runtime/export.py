@@ -255,9 +255,11 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
                                           max_new_tokens=generate_tokens, min_new_tokens=generate_tokens,
                                           do_sample=False, pad_token_id=tok.pad_token_id)[0].tolist()
     got = ort.generate_ids(obs, prompt, generate_tokens, stop_ids=set())
-    return {"frames": n, "decision_agreement": agree / max(n, 1), "max_prob_diff": max_prob,
-            "max_traj_diff_m": max_traj, "generate_token_identical": got == expected,
-            "generated_tokens": len(got)}
+    report = {"frames": n, "decision_agreement": agree / max(n, 1), "max_prob_diff": max_prob,
+              "max_traj_diff_m": max_traj, "generate_token_identical": got == expected,
+              "generated_tokens": len(got)}
+    report["ok"] = bool(report["decision_agreement"] == 1.0 and max_traj <= 1e-3 and report["generate_token_identical"])
+    return report
 
 
 def example_observation(seed: int):

@@ -1,0 +1,107 @@
+"""ONNX Runtime session for any exported graph: hash-checked load, provider choice, dict in / dict out.
+
+It is the fallback whenever a TensorRT engine cannot be used, and the reference TensorRT engines are checked
+against, so it refuses to load an ONNX file whose sha256 differs from the one recorded at export.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .engine_cache import verify_file_hash
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+# ONNX type strings as ORT reports them -> numpy dtypes, so callers may pass e.g. Python lists or float64.
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def ort_available() -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return False, f"onnxruntime is not installed ({exc})"
+    return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+
+def select_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
+    """``"auto"``: the fastest available of TensorRT EP > CUDA EP > CPU; ``"cpu"``/``"cuda"``/``"tensorrt"`` or
+    a list of provider names: those that are available, in order, with CPU always last as the safety net."""
+    if isinstance(requested, str):
+        wanted = list(AUTO_ORDER) if requested == "auto" else [PROVIDER_ALIASES.get(requested, requested)]
+    else:
+        wanted = [PROVIDER_ALIASES.get(p, p) for p in requested]
+    chosen = [p for p in wanted if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OrtSession:
+    """One ONNX graph in ONNX Runtime. ``run({name: array}) -> {name: array}``; no model knowledge.
+
+    ``trt_cache_dir`` enables ONNX Runtime's own TensorRT engine cache when the TensorRT EP is chosen (without
+    it that EP rebuilds its engines at every start).
+    """
+
+    def __init__(self, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 2,
+                 providers: str | Sequence[str] = "auto", trt_cache_dir: str | Path | None = None):
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX file not found: {self.path}")
+        if expected_sha256:
+            verify_file_hash(self.path, expected_sha256)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeError(f"cannot load {self.path}: onnxruntime is not installed ({exc})") from exc
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chosen = select_providers(providers, ort.get_available_providers())
+        provider_args: list = []
+        for name in chosen:
+            if name == "TensorrtExecutionProvider" and trt_cache_dir is not None:
+                Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+                provider_args.append((name, {"trt_engine_cache_enable": True,
+                                             "trt_engine_cache_path": str(trt_cache_dir)}))
+            else:
+                provider_args.append(name)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)
+        except Exception as exc:  # ORT raises its own exception types; name the file in the message
+            raise RuntimeError(f"onnxruntime could not load {self.path}: {exc}") from exc
+        self.providers: list[str] = self.session.get_providers()
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in feeds]
+        unknown = [n for n in feeds if n not in self._inputs]
+        if missing or unknown:
+            raise KeyError(f"{self.path.name}: inputs missing {missing}, unknown {unknown}; "
+                           f"the graph takes {self.input_names}")
+        prepared = {}
+        for name, value in feeds.items():
+            dtype = _ORT_TYPES.get(self._inputs[name].type)
+            prepared[name] = np.ascontiguousarray(value, dtype=dtype)
+        names = list(outputs) if outputs is not None else self.output_names
+        values = self.session.run(names, prepared)
+        return dict(zip(names, values, strict=True))
