@@ -150,20 +150,21 @@ class SFTTrainer:
         }
 
 
-def save_curves(history: dict, path: str | Path) -> Path:
+def save_curves(history: dict[str, list[float]], path: str | Path, xlabel: str = "step") -> Path:
+    """One panel per curve, raw and smoothed (window 20), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, key in zip(axes, ("action_loss", "decision_loss", "decision_acc"), strict=True):
-        values = np.asarray(history[key])
+    fig, axes = plt.subplots(1, len(history), figsize=(4.4 * len(history), 3.5))
+    for ax, (key, values) in zip(np.atleast_1d(axes), history.items(), strict=True):
+        values = np.asarray(values)
         ax.plot(values, alpha=0.3)
         if len(values) >= 20:
             ax.plot(np.convolve(values, np.ones(20) / 20, mode="valid"))
         ax.set_title(key.replace("_", " "))
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
