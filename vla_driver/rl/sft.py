@@ -120,8 +120,8 @@ class SFTTrainer:
             loss.backward()
             opt.step()
             sched.step()
-            self.history["action_loss"].append(float(loss))
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            self.history["action_loss"].append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if self.cfg.init_decision_from_action:
             copy_adapter(self.model.llm, "action", "decision")
         opt = self._optimizer("decision", with_modules=False)
@@ -135,9 +135,9 @@ class SFTTrainer:
             loss.backward()
             opt.step()
             sched.step()
-            self.history["decision_loss"].append(float(loss))
+            self.history["decision_loss"].append(loss.item())
             self.history["decision_acc"].append(acc)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
