@@ -1,0 +1,330 @@
+"""The ROS nodes with real rclpy, in process: each test has its own Context and MultiThreadedExecutor.
+
+The harness plays camera, odometry and navigation drivers on wall time (as on the car) and listens
+to what the nodes publish; the last tests drive simulator episodes through all four nodes.
+"""
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+DOMAIN_ID = 141  # distinct from the other ROS test files; passed to every rclpy.init below
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import Twist  # noqa: E402
+from nav_msgs.msg import Odometry, Path  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from vla_driver.core.metrics import EpisodeResult  # noqa: E402
+from vla_driver.core.trajectory import Trajectory, constant_motion, stop_trajectory  # noqa: E402
+from vla_driver.nodes.action_node import ActionNode, ActionParams  # noqa: E402
+from vla_driver.nodes.compose import run_closed_loop, stop_executor  # noqa: E402
+from vla_driver.nodes.controller_node import ControllerNode  # noqa: E402
+from vla_driver.nodes.convert import (  # noqa: E402
+    EgoState,
+    decision_from_string,
+    path_to_trajectory,
+    rgb_to_image,
+    state_to_odometry,
+    trajectory_to_path,
+)
+from vla_driver.nodes.decision_node import DecisionNode, DecisionParams  # noqa: E402
+
+SPEED = 8.0
+
+
+class Harness:
+    """A Context, an executor spinning in a thread, and a node that plays the drivers and listens."""
+
+    def __init__(self):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = Node("test_harness", context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.nodes = [self.node]
+        self.executor.add_node(self.node)
+        self.received = defaultdict(list)
+        self._lock = threading.Lock()
+        self._spinning = True
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+        self.image_pub = self.node.create_publisher(Image, "image", 5)
+        self.odom_pub = self.node.create_publisher(Odometry, "odom", 10)
+        self.nav_pub = self.node.create_publisher(String, "navigation", 10)
+        self.rgb = np.random.default_rng(0).integers(0, 255, (128, 256, 3), dtype=np.uint8)
+
+    def _spin(self) -> None:
+        while self._spinning:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def listen(self, msg_type, topic: str) -> None:
+        def store(msg):
+            with self._lock:
+                self.received[topic].append((time.monotonic(), msg))
+
+        self.node.create_subscription(msg_type, topic, store, 10)
+
+    def messages(self, topic: str, since: float = 0.0) -> list:
+        with self._lock:
+            return [m for t, m in self.received[topic] if t >= since]
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def publish_inputs(self, image: bool = True, odom: bool = True, speed: float = SPEED) -> float:
+        stamp = self.now()
+        if odom:
+            self.odom_pub.publish(state_to_odometry(EgoState(speed, 0.0, 0.0, 0.0, 0.0, stamp)))
+        if image:
+            self.image_pub.publish(rgb_to_image(self.rgb, stamp))
+        return stamp
+
+    def drive(self, seconds: float, hz: float = 20.0, **inputs) -> None:
+        """Publish inputs at ``hz`` for ``seconds``, like running sensor drivers."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.publish_inputs(**inputs)
+            time.sleep(1.0 / hz)
+
+    def diagnostics(self, node_name: str, since: float = 0.0) -> list[DiagnosticStatus]:
+        return [s for a in self.messages("/diagnostics", since) for s in a.status
+                if s.name == f"vla_driver: {node_name}"]
+
+    def close(self) -> None:
+        self._spinning = False
+        self.thread.join(timeout=5.0)
+        stop_executor(self.executor)
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture()
+def harness():
+    h = Harness()
+    for msg_type, topic in ((Path, "trajectory"), (MarkerArray, "trajectory_markers"), (String, "decision"),
+                            (Twist, "cmd_vel"), (DiagnosticArray, "/diagnostics")):
+        h.listen(msg_type, topic)
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def second_policy(tiny_checkpoint):
+    """A second instance: a policy switches LoRA adapters per call, so two nodes never share one."""
+    from vla_driver.runtime.policy import load_policy
+
+    return load_policy(tiny_checkpoint, backend="torch")
+
+
+def action_node(harness, policy, **params) -> ActionNode:
+    overrides = [Parameter(k, value=v) for k, v in {"max_input_age_s": 0.3, "deadline_ms": 3000.0, **params}.items()]
+    return harness.add(ActionNode(policy, context=harness.context, parameter_overrides=overrides))
+
+
+def near(stamp: float, stamps) -> bool:
+    """``stamp`` is one of ``stamps`` (float seconds at epoch scale keep ~0.2 us through a message)."""
+    return min(abs(stamp - s) for s in stamps) < 1e-6
+
+
+def is_stop(traj: Trajectory, speed: float) -> bool:
+    return np.allclose(traj.poses, stop_trajectory(speed, traj.spec).poses, atol=1e-6)
+
+
+def test_decision_and_action_nodes_publish_decision_and_path_for_the_image(harness, tiny_policy, second_policy):
+    decision = harness.add(DecisionNode(tiny_policy, context=harness.context,
+                                        parameter_overrides=[Parameter("rate_hz", value=5.0)]))
+    action = action_node(harness, second_policy)
+    assert {f.name for f in fields(DecisionParams)} <= set(decision._parameters)
+    assert {f.name for f in fields(ActionParams)} <= set(action._parameters)
+    harness.nav_pub.publish(String(data="Take the next exit on the right"))
+    start = time.monotonic()
+    stamps = set()
+    while time.monotonic() - start < 5.0 and not (harness.messages("decision") and len(harness.messages("trajectory")) >= 10):
+        stamps.add(harness.publish_inputs())
+        time.sleep(0.05)
+    paths = harness.messages("trajectory")
+    assert len(paths) >= 10, "fewer than 10 trajectories within 5 s"
+    traj, stamp = path_to_trajectory(paths[-1], frame_id="base_link")
+    assert near(stamp, stamps) and traj.spec == second_policy.spec  # stamped with an input image's time
+    assert not is_stop(traj, SPEED)
+    # before the first image the node sends stop trajectories; once inputs flow it never has to
+    assert action.diagnostics.counters["fallbacks"] == action.diagnostics.counters["fallback_stale_input"]
+    markers = harness.messages("trajectory_markers")[-1].markers
+    assert markers[0].color.g > markers[0].color.r  # green: a planned trajectory, not the fallback
+    result, decision_stamp = decision_from_string(harness.messages("decision")[-1], tiny_policy.vocab)
+    assert near(decision_stamp, stamps) and result.probs.sum() == pytest.approx(1.0, abs=1e-3)
+    assert json.loads(harness.messages("decision")[-1].data)["model_version"] == tiny_policy.model_version
+    stats = action.diagnostics.stats()
+    assert stats["latency_p50_ms"] < 3000.0 and 0 < stats["rate_hz"] < 13.0  # never faster than its 10 Hz timer
+    print(f"\naction node: {stats}; decision node: {decision.diagnostics.stats()}")
+
+
+def test_stale_input_stops_with_error_and_recovers_when_inputs_return(harness, tiny_policy):
+    action_node(harness, tiny_policy)
+    t_start = time.monotonic()
+    harness.drive(1.0)
+    assert not any(is_stop(path_to_trajectory(p)[0], SPEED) for p in harness.messages("trajectory", t_start + 0.5))
+    t_stale = time.monotonic()
+    harness.drive(1.2, image=False)  # camera stops; odometry keeps coming
+    stale_paths = harness.messages("trajectory", since=t_stale + 0.8)
+    assert stale_paths and all(is_stop(path_to_trajectory(p)[0], SPEED) for p in stale_paths)
+    errors = [s for s in harness.diagnostics("action_node", since=t_stale) if s.level == DiagnosticStatus.ERROR]
+    assert errors and "image" in errors[0].message
+    t_back = time.monotonic()
+    harness.drive(1.0)
+    recovered = harness.messages("trajectory", since=t_back + 0.3)
+    assert any(not is_stop(path_to_trajectory(p)[0], SPEED) for p in recovered)
+    # published at once on the level change; WARN because no decision arrived (default decision used)
+    assert any(s.level == DiagnosticStatus.WARN for s in harness.diagnostics("action_node", since=t_back))
+
+
+def test_malformed_messages_are_rejected_with_a_diagnostic_and_the_node_keeps_publishing(harness, tiny_policy):
+    action = action_node(harness, tiny_policy)
+    harness.drive(0.5)
+    bad_encoding = rgb_to_image(harness.rgb, harness.now())
+    bad_encoding.encoding = "yuv422"
+    short = rgb_to_image(harness.rgb, harness.now())
+    short.data = bytes(100)
+    nan_odom = state_to_odometry(EgoState(float("nan"), 0.0, 0.0, 0.0, 0.0, harness.now()))
+    t_bad = time.monotonic()
+    for msg, pub in ((bad_encoding, harness.image_pub), (short, harness.image_pub), (nan_odom, harness.odom_pub)):
+        pub.publish(msg)
+        harness.drive(0.2)
+    assert action.diagnostics.counters["rejected_image"] == 2
+    assert action.diagnostics.counters["rejected_odom"] == 1
+    shown = [kv.value for s in harness.diagnostics("action_node", since=t_bad) for kv in s.values
+             if kv.key == "last_rejected"]
+    assert any("unknown_encoding" in v for v in shown) and any("wrong_size" in v for v in shown)
+    assert any("non_finite" in v for v in shown)
+    t_after = time.monotonic()
+    harness.drive(0.5)
+    assert any(not is_stop(path_to_trajectory(p)[0], SPEED) for p in harness.messages("trajectory", since=t_after))
+
+
+def test_controller_follows_a_left_curve_and_brakes_when_the_trajectory_goes_stale(harness):
+    overrides = [Parameter("trajectory_timeout_s", value=0.3)]
+    harness.add(ControllerNode(context=harness.context, parameter_overrides=overrides))
+    path_pub = harness.node.create_publisher(Path, "trajectory", 10)
+    curve = constant_motion(SPEED, 0.2, stop_trajectory(0.0).spec)
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        stamp = harness.publish_inputs(image=False)
+        path_pub.publish(trajectory_to_path(curve, stamp))
+        time.sleep(0.05)
+    following = harness.messages("cmd_vel", since=end - 0.5)
+    assert any(abs(t.linear.x - SPEED) < 1.5 and t.angular.z > 0.05 for t in following)  # left = positive
+    t_stale = time.monotonic()
+    harness.drive(1.0, image=False)  # odometry only
+    late = harness.messages("cmd_vel", since=t_stale + 0.6)
+    assert late and all(t.linear.x == 0.0 and t.angular.z == 0.0 for t in late)
+    assert any(s.level == DiagnosticStatus.ERROR for s in harness.diagnostics("controller_node", since=t_stale))
+
+
+def test_simulator_episodes_run_through_the_bridge_and_all_nodes(tiny_checkpoint, tiny_policy, second_policy):
+    runs = [
+        run_closed_loop("highway", seed=1, checkpoint=str(tiny_checkpoint), backend="torch", duration_s=2.0,
+                        step_timeout_s=5.0, record_frames=True, domain_id=DOMAIN_ID, progress=False),
+        # a second episode in the same process, reusing loaded policies
+        run_closed_loop("merge", seed=2, duration_s=1.0, step_timeout_s=5.0, domain_id=DOMAIN_ID,
+                        policies=(tiny_policy, second_policy), progress=False),
+    ]
+    for run, cycles in zip(runs, (20, 10), strict=True):
+        result = run.result
+        assert isinstance(result, EpisodeResult) and result.duration_s == pytest.approx(cycles / 10)
+        assert result.extras["cycles"] == cycles and result.extras["missed_cycles"] == 0
+        assert len(run.trajectories) == cycles  # exactly one answer per camera image (lockstep)
+        assert run.decisions and result.extras["nodes"]["controller"]["rate_hz"] == pytest.approx(10.0, rel=0.05)
+        print(f"\n{result.scenario}: {result.termination}, {result.extras}")
+    assert len(runs[0].frames) == 20 and runs[0].frames[0].shape == (128, 256, 3)
+
+
+def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout(harness):
+    from vla_driver.nodes.sim_bridge_node import SimBridgeNode
+
+    done = []
+    overrides = [Parameter(k, value=v) for k, v in
+                 {"scenario": "highway", "duration_s": 1.0, "step_timeout_s": 0.5, "use_sim_time": True}.items()]
+    harness.add(SimBridgeNode(on_done=done.append, context=harness.context, parameter_overrides=overrides))
+    cmd_pub = harness.node.create_publisher(Twist, "cmd_vel", 10)
+    harness.listen(String, "episode")
+    seen = []
+
+    def answer(msg: Image) -> None:  # a "pipeline" that answers the first half second of images only
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        seen.append(stamp)
+        if stamp < 0.45:
+            bad = Twist()
+            bad.linear.x = float("nan")
+            cmd_pub.publish(bad)  # rejected: does not count as the cycle's command
+            cmd = Twist()
+            cmd.linear.x = 5.0
+            cmd_pub.publish(cmd)
+
+    harness.node.create_subscription(Image, "image", answer, 10)
+    harness.listen(Odometry, "odom")
+    deadline = time.monotonic() + 20.0
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [result] = done
+    assert result.duration_s == pytest.approx(1.0) and seen[:3] == pytest.approx([0.0, 0.1, 0.2])
+    assert result.extras["cycles"] == 10 and result.extras["missed_cycles"] == 5
+    time.sleep(0.2)
+    summary = json.loads(harness.messages("episode")[-1].data)
+    assert summary["extras"]["missed_cycles"] == 5 and summary["scenario"] == "highway"
+    assert harness.nodes[-1].diagnostics.counters["rejected_cmd_vel"] == 5
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_image_encodings_decode_to_rgb(encoding):
+    from vla_driver.nodes.convert import image_to_rgb
+
+    rgb = np.random.default_rng(1).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    if encoding == "mono8":
+        rgb[:] = rgb[:, :, :1]
+    channels = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "mono8": rgb[:, :, :1],
+                "rgba8": np.dstack([rgb, np.full((4, 6), 7, np.uint8)]),
+                "bgra8": np.dstack([rgb[:, :, ::-1], np.full((4, 6), 7, np.uint8)])}[encoding]
+    padded = np.zeros((4, channels.shape[1] * channels.shape[2] + 2), np.uint8)  # row padding in step
+    padded[:, : channels.shape[1] * channels.shape[2]] = channels.reshape(4, -1)
+    msg = Image(height=4, width=6, encoding=encoding, step=padded.shape[1])
+    msg.data = padded.tobytes()
+    np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+
+
+def test_trajectory_path_and_decision_json_round_trip(tiny_policy):
+    from vla_driver.core.types import DecisionResult
+    from vla_driver.core.vocabulary import Decision
+    from vla_driver.nodes.convert import BadMessage, decision_to_string
+
+    traj = constant_motion(6.0, -0.3, stop_trajectory(0.0).spec)
+    back, stamp = path_to_trajectory(trajectory_to_path(traj, 12.25, "base_link"))
+    np.testing.assert_allclose(back.poses, traj.poses, atol=1e-9)
+    assert stamp == 12.25 and back.spec == traj.spec
+    with pytest.raises(BadMessage, match="wrong_frame"):
+        path_to_trajectory(trajectory_to_path(traj, 1.0, "map"), frame_id="base_link")
+    vocab = tiny_policy.vocab
+    probs = np.full((len(vocab.speeds), len(vocab.paths)), 1.0 / vocab.num_candidates)
+    result = DecisionResult(Decision(vocab.speeds[1], vocab.paths[2], "why"), probs, -1.5, 3.0, "v1")
+    decoded, t = decision_from_string(decision_to_string(result, vocab, 4.5), vocab)
+    assert (decoded.decision, t, decoded.model_version) == (result.decision, 4.5, "v1")
+    np.testing.assert_allclose(decoded.probs, probs, atol=1e-6)
+    with pytest.raises(BadMessage, match="unknown_speed"):
+        decision_from_string(String(data=json.dumps({"speed": "FLY", "path": vocab.paths[0], "stamp": 0})), vocab)

@@ -1,0 +1,183 @@
+"""Action node: latest image + odometry + decision -> ego-frame trajectory (nav_msgs/Path), 10 Hz.
+
+Safety: stale camera or odometry, a model error, a non-finite plan or a missed deadline publishes a
+decelerate-to-stop trajectory with an ERROR diagnostic; the next good cycle recovers by itself.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from vla_driver.core.trajectory import KinematicLimits, Trajectory, stop_trajectory
+from vla_driver.core.vocabulary import Decision
+
+from .convert import ObservationAssembler, decision_from_string, trajectory_to_markers, trajectory_to_path
+from .decision_node import blank_observation, load_policy
+from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
+from .params import declare_params, param, require_positive
+
+
+@dataclass
+class ActionParams:
+    checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
+    backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
+    rate_hz: float = param(10.0, "planning rate (Hz); with plan_on_image the timer only watches inputs")
+    plan_on_image: bool = param(False, "plan once per new image (simulator lockstep) instead of on the timer")
+    decision_timeout_s: float = param(2.0, "older decisions are ignored: default (keep, straight) + WARN")
+    max_input_age_s: float = param(0.5, "camera or odometry older than this (s): stop trajectory + ERROR")
+    deadline_ms: float = param(100.0, "planning slower than this (ms): stop trajectory + ERROR")
+    frame_id: str = param("base_link", "ego frame the trajectory is expressed in")
+    stop_decel: float = param(3.0, "deceleration of the fallback stop trajectory (m/s^2)")
+    default_navigation: str = param("Follow the road.", "instruction used until one arrives on navigation")
+    max_speed: float = param(KinematicLimits.max_speed, "kinematic limit (m/s)")
+    max_accel: float = param(KinematicLimits.max_accel, "kinematic limit (m/s^2)")
+    max_decel: float = param(KinematicLimits.max_decel, "kinematic limit (m/s^2, positive)")
+    max_lateral_accel: float = param(KinematicLimits.max_lateral_accel, "kinematic limit (m/s^2)")
+    max_yaw_rate: float = param(KinematicLimits.max_yaw_rate, "kinematic limit (rad/s)")
+
+    def __post_init__(self):
+        require_positive(self, "rate_hz", "decision_timeout_s", "max_input_age_s", "deadline_ms", "stop_decel",
+                         "max_speed", "max_accel", "max_decel", "max_lateral_accel", "max_yaw_rate")
+
+    def limits(self) -> KinematicLimits:
+        return KinematicLimits(self.max_speed, self.max_accel, self.max_decel, self.max_lateral_accel,
+                               self.max_yaw_rate)
+
+
+class ActionNode(Node):
+    TOPICS = ("image", "odom", "navigation", "decision", "trajectory", "trajectory_markers")
+
+    def __init__(self, policy=None, on_trajectory: Callable[[float, Trajectory, bool], None] | None = None,
+                 **node_kwargs):
+        super().__init__("action_node", **node_kwargs)
+        self.params = declare_params(self, ActionParams)
+        self.limits = self.params.limits()
+        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
+        self.on_trajectory = on_trajectory
+        vocab = self.policy.vocab
+        self.default_decision = Decision(vocab.find_speed("keep"), vocab.find_path("straight"))
+        self.inputs = ObservationAssembler(self.params.default_navigation)
+        self.decision: tuple[Decision, float] | None = None
+        self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
+        self._last_planned_stamp = None
+        self._warm_up()
+
+        guard = self.diagnostics.guard
+        self._planning = threading.Lock()  # image-triggered and timer cycles never overlap
+        # Odometry first: with messages waiting on both, the executor then takes it before the image.
+        self.create_subscription(Odometry, "odom", guard("odom", self.inputs.on_odometry), 10)
+        self.create_subscription(String, "navigation", guard("navigation", self.inputs.on_navigation), 10)
+        self.create_subscription(String, "decision", guard("decision", self._on_decision), 10)
+        # Own group for the camera: a long plan must not hold back new images (they would look stale).
+        self.create_subscription(Image, "image", guard("image", self._on_image), qos_profile_sensor_data,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.path_publisher = self.create_publisher(Path, "trajectory", 10)
+        self.marker_publisher = self.create_publisher(MarkerArray, "trajectory_markers", 10)
+        self.create_timer(1.0 / self.params.rate_hz, self._on_timer, MutuallyExclusiveCallbackGroup())
+
+    def _warm_up(self) -> None:
+        """Plan twice on a blank frame: torch's lazy initialisation must not land on the first deadline."""
+        try:
+            for _ in range(2):
+                self.policy.plan(blank_observation(self.params.default_navigation), self.default_decision)
+        except Exception as e:  # noqa: BLE001 - a real failure shows up again, with a diagnostic, per cycle
+            self.get_logger().warn(f"warm-up plan failed: {e!r}")
+
+    def _on_image(self, msg: Image) -> None:
+        self.inputs.on_image(msg)
+        if self.params.plan_on_image:
+            with self._planning:  # waits for a running timer cycle, then plans this image if still new
+                self.cycle()
+
+    def _on_timer(self) -> None:
+        if self._planning.acquire(blocking=False):  # busy = an image-triggered cycle is running
+            try:
+                self.cycle()
+            finally:
+                self._planning.release()
+
+    def _on_decision(self, msg: String) -> None:
+        result, stamp = decision_from_string(msg, self.policy.vocab)
+        self.decision = (result.decision, stamp)
+
+    def _current_decision(self, now: float) -> tuple[Decision, bool]:
+        """The latest unexpired decision, or the default one; the flag says whether it is the default."""
+        latest = self.decision
+        if latest is None or now - latest[1] > self.params.decision_timeout_s:
+            return self.default_decision, True
+        return latest[0], False
+
+    def cycle(self) -> None:
+        start = time.perf_counter()
+        now = self.get_clock().now().nanoseconds * 1e-9
+        ages = self.inputs.ages(now)
+        for name, age in ages.items():
+            self.diagnostics.input_age(name, age)
+        stale = [name for name, age in ages.items() if age is None or age > self.params.max_input_age_s]
+        image = self.inputs.image
+        new_image = image is not None and image[1] != self._last_planned_stamp
+        if new_image:
+            self._last_planned_stamp = image[1]  # answered below, by a plan or a fallback
+        if stale:
+            self._fallback(now, "stale_input", f"no fresh {' and '.join(stale)}")
+            return
+        if self.params.plan_on_image and not new_image:
+            return  # one answer per image: the timer only watches for stale inputs
+        obs = self.inputs.observation()
+        decision, is_default = self._current_decision(now)
+        try:
+            traj = self.policy.plan(obs, decision)
+        except Exception as e:  # noqa: BLE001 - a model failure must end in a safe trajectory, not a crash
+            self.get_logger().error(f"plan failed: {e!r}", throttle_duration_sec=1.0)
+            self._fallback(obs.stamp, "model_error", f"plan failed: {e}")
+            return
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        if elapsed_ms > self.params.deadline_ms:
+            self._fallback(obs.stamp, "deadline", f"planning took {elapsed_ms:.0f} ms > {self.params.deadline_ms:.0f} ms")
+            return
+        problems = traj.violations(obs.speed, self.limits)
+        if "non_finite" in problems:
+            self._fallback(obs.stamp, "non_finite", "plan has non-finite waypoints")
+            return
+        level, message = OK, f"{decision.speed}, {decision.path}"
+        if is_default:
+            level, message = WARN, f"no decision within {self.params.decision_timeout_s} s: default {message}"
+        if problems:
+            traj = traj.clip_to_limits(obs.speed, self.limits)
+        clipped = sorted(set(problems) | set(getattr(self.policy, "last_plan_violations", ())))
+        if clipped:  # by this node's limits or already inside the policy
+            self.diagnostics.count("clipped")
+            level, message = WARN, f"{message}; clipped to limits ({', '.join(clipped)})"
+        self._publish(traj, obs.stamp, fallback=False)
+        self.diagnostics.cycle_done(elapsed_ms)
+        self.diagnostics.set_status(level, message)
+
+    def _fallback(self, stamp: float, reason: str, message: str) -> None:
+        ego = self.inputs.ego
+        speed = ego[0].speed if ego is not None else 0.0
+        self._publish(stop_trajectory(speed, self.policy.spec, self.params.stop_decel), stamp, fallback=True)
+        self.diagnostics.count("fallbacks")
+        self.diagnostics.count(f"fallback_{reason}")
+        self.diagnostics.set_status(ERROR, f"stop trajectory: {message}")
+
+    def _publish(self, traj: Trajectory, stamp: float, fallback: bool) -> None:
+        self.path_publisher.publish(trajectory_to_path(traj, stamp, self.params.frame_id))
+        self.marker_publisher.publish(trajectory_to_markers(traj, stamp, self.params.frame_id, fallback))
+        if self.on_trajectory is not None:
+            self.on_trajectory(stamp, traj, fallback)
+
+
+def main(args=None) -> None:
+    from .compose import spin_standalone
+
+    spin_standalone(ActionNode, args)

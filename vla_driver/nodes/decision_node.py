@@ -1,0 +1,108 @@
+"""Decision node: camera + odometry + navigation -> a (speed, path) decision as JSON, ~2 Hz (the slow system)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from vla_driver.core.types import Observation
+
+from .convert import ObservationAssembler, decision_to_string
+from .diagnostics import ERROR, OK, NodeDiagnostics
+from .params import declare_params, param, require_positive
+
+
+@dataclass
+class DecisionParams:
+    checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
+    backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
+    rate_hz: float = param(2.0, "decision rate (Hz)")
+    think: bool = param(False, "slow mode: generate reasoning text before the answer")
+    sample: bool = param(False, "sample the decision instead of taking the most likely one")
+    max_input_age_s: float = param(1.0, "camera or odometry older than this (s): no decision, ERROR")
+    default_navigation: str = param("Follow the road.", "instruction used until one arrives on navigation")
+
+    def __post_init__(self):
+        require_positive(self, "rate_hz", "max_input_age_s")
+
+
+def load_policy(checkpoint: str, backend: str):
+    from vla_driver.runtime.policy import load_policy as load
+
+    return load(checkpoint, backend)
+
+
+def blank_observation(navigation: str) -> Observation:
+    """A black frame at standstill, for warming a policy up before the first real input."""
+    return Observation(image=np.zeros((128, 256, 3), np.uint8), speed=0.0, navigation=navigation)
+
+
+class DecisionNode(Node):
+    TOPICS = ("image", "odom", "navigation", "decision")
+
+    def __init__(self, policy=None, on_decision: Callable[[str], None] | None = None, **node_kwargs):
+        super().__init__("decision_node", **node_kwargs)
+        self.params = declare_params(self, DecisionParams)
+        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
+        self.on_decision = on_decision
+        self.inputs = ObservationAssembler(self.params.default_navigation)
+        self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
+        self._last_stamp = None
+        try:
+            self.policy.decide(blank_observation(self.params.default_navigation))
+        except Exception as e:  # noqa: BLE001 - a real failure shows up again, with a diagnostic, per cycle
+            self.get_logger().warn(f"warm-up decide failed: {e!r}")
+
+        guard = self.diagnostics.guard
+        self.create_subscription(Image, "image", guard("image", self.inputs.on_image), qos_profile_sensor_data)
+        self.create_subscription(Odometry, "odom", guard("odom", self.inputs.on_odometry), 10)
+        self.create_subscription(String, "navigation", guard("navigation", self.inputs.on_navigation), 10)
+        self.publisher = self.create_publisher(String, "decision", 10)
+        # Own group: a long decide() must not hold up the input callbacks.
+        self.create_timer(1.0 / self.params.rate_hz, self.decide, MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(
+            f"deciding at {self.params.rate_hz} Hz with {self.policy.backend_name} "
+            f"(model {self.policy.model_version}, think={self.params.think})"
+        )
+
+    def decide(self) -> None:
+        ages = self.inputs.ages(self.get_clock().now().nanoseconds * 1e-9)
+        for name, age in ages.items():
+            self.diagnostics.input_age(name, age)
+        stale = [name for name, age in ages.items() if age is None or age > self.params.max_input_age_s]
+        if stale:
+            self.diagnostics.set_status(ERROR, f"no fresh {' and '.join(stale)}: not deciding")
+            return
+        obs = self.inputs.observation()
+        if obs.stamp == self._last_stamp:
+            return  # this image was already decided on
+        start = time.perf_counter()
+        try:
+            result = self.policy.decide(obs, sample=self.params.sample, think=self.params.think)
+        except Exception as e:  # noqa: BLE001 - a model failure must not stop the node
+            self.diagnostics.count("model_errors")
+            self.diagnostics.set_status(ERROR, f"decide failed: {e}")
+            self.get_logger().error(f"decide failed: {e!r}", throttle_duration_sec=1.0)
+            return
+        result.latency_ms = (time.perf_counter() - start) * 1e3
+        self._last_stamp = obs.stamp
+        msg = decision_to_string(result, self.policy.vocab, obs.stamp)
+        self.publisher.publish(msg)
+        if self.on_decision is not None:
+            self.on_decision(msg.data)
+        self.diagnostics.cycle_done(result.latency_ms)
+        self.diagnostics.set_status(OK, f"{result.decision.speed}, {result.decision.path}")
+
+
+def main(args=None) -> None:
+    from .compose import spin_standalone
+
+    spin_standalone(DecisionNode, args)

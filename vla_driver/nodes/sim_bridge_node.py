@@ -1,0 +1,183 @@
+"""Simulator bridge in synchronous mode, like the CARLA-ROS bridge waiting for the vehicle command.
+
+Each cycle publishes /clock, ``odom``, ``navigation`` and the camera ``image`` for the current sim time,
+then waits for the cycle's ``cmd_vel``: the first command that arrives after the cycle was published
+(arrival order, as the CARLA-ROS bridge does; a Twist carries no stamp). Only then does the simulator
+step. After ``step_timeout_s`` of wall time without a command it steps with the last command and counts
+a missed cycle. When the episode ends, the summary goes out as JSON on ``episode``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from .convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
+from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
+from .params import declare_params, param, require_positive
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class SimBridgeParams:
+    scenario: str = param("highway", "simulator scenario (vla_driver.sim.highway.SCENARIOS)")
+    seed: int = param(0, "episode seed")
+    duration_s: float = param(0.0, "episode length in sim seconds; 0 = the scenario's default")
+    control_hz: float = param(10.0, "simulator steps per sim second (one command per step)")
+    image_width: int = param(256, "camera image width (pixels)")
+    image_height: int = param(128, "camera image height (pixels)")
+    step_timeout_s: float = param(1.0, "wall seconds to wait for a cycle's cmd_vel before a missed cycle; 0 = forever")
+
+    def __post_init__(self):
+        require_positive(self, "control_hz", "image_width", "image_height")
+        if self.duration_s < 0 or self.step_timeout_s < 0:
+            raise ValueError("duration_s and step_timeout_s must be >= 0")
+
+
+class SimBridgeNode(Node):
+    TOPICS = ("image", "odom", "navigation", "cmd_vel", "episode")
+    MAP_FRAME, BASE_FRAME, CAMERA_FRAME = "map", "base_link", "camera"
+
+    def __init__(self, on_done: Callable | None = None, on_cycle: Callable[[int], None] | None = None,
+                 record_frames: bool = False, **node_kwargs):
+        super().__init__("sim_bridge_node", **node_kwargs)
+        from vla_driver.sim.highway import SCENARIOS, DrivingSim
+
+        p = self.params = declare_params(self, SimBridgeParams)
+        if p.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {p.scenario!r}; choose from {sorted(SCENARIOS)}")
+        self.sim = DrivingSim(p.scenario, seed=p.seed, image_size=(p.image_height, p.image_width),
+                              duration_s=p.duration_s or None, control_hz=p.control_hz)
+        self.observation = self.sim.observation()  # the constructor has reset the scene with the seed
+        self.on_done, self.on_cycle = on_done, on_cycle
+        self.frames: list[np.ndarray] | None = [] if record_frames else None
+        self.result = None
+        self.cycles = self.missed_cycles = 0
+        self.cycle_latencies_ms: list[float] = []
+        self.last_command = (0.0, 0.0)
+        self._state = "starting"  # starting -> waiting (for the cycle's command) -> done
+        self._cycle_start = 0.0
+
+        self.diagnostics = NodeDiagnostics(self, backend=f"sim:{p.scenario}")
+        self.clock_publisher = self.create_publisher(ClockMsg, "/clock", 10)
+        self.image_publisher = self.create_publisher(Image, "image", 5)
+        self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
+        self.navigation_publisher = self.create_publisher(String, "navigation", LATCHED)
+        self.episode_publisher = self.create_publisher(String, "episode", LATCHED)
+        stepping = MutuallyExclusiveCallbackGroup()  # commands and the watchdog never step at once
+        self.create_subscription(Twist, "cmd_vel", self.diagnostics.guard("cmd_vel", self._on_command), 10,
+                                 callback_group=stepping)
+        self.create_timer(0.01, self._watchdog, stepping, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    @property
+    def episode_done(self) -> bool:
+        return self._state == "done"
+
+    def _graph_ready(self) -> bool:
+        """The pipeline is connected: someone consumes the camera and odometry and publishes commands."""
+        return (self.image_publisher.get_subscription_count() > 0
+                and self.odom_publisher.get_subscription_count() > 0
+                and self.count_publishers(self.resolve_topic_name("cmd_vel")) > 0)
+
+    def _watchdog(self) -> None:
+        if self._state == "starting" and self._graph_ready():
+            self._publish_cycle()
+        elif self._state == "waiting" and self.params.step_timeout_s > 0:
+            if time.monotonic() - self._cycle_start > self.params.step_timeout_s:
+                self.missed_cycles += 1
+                self.diagnostics.count("missed_cycles")
+                self.diagnostics.set_status(WARN, f"no cmd_vel within {self.params.step_timeout_s} s")
+                self._step(*self.last_command)
+
+    def _on_command(self, msg: Twist) -> None:
+        speed, yaw_rate = msg.linear.x, msg.angular.z
+        if not (math.isfinite(speed) and math.isfinite(yaw_rate)):
+            raise BadMessage("non_finite", f"cmd_vel linear.x={speed} angular.z={yaw_rate}")
+        self.last_command = (speed, yaw_rate)
+        if self._state == "waiting":
+            self.diagnostics.set_status(OK, f"t={self.sim.time:.1f} s")
+            self._step(speed, yaw_rate)
+
+    def _publish_cycle(self) -> None:
+        obs, stamp = self.observation, self.observation.stamp
+        x, y, yaw, speed = self.sim.ego_pose()
+        self.clock_publisher.publish(ClockMsg(clock=seconds_to_stamp(stamp)))
+        ego = EgoState(speed=speed, yaw_rate=obs.yaw_rate, x=x, y=y, yaw=yaw, stamp=stamp)
+        self.odom_publisher.publish(state_to_odometry(ego, self.MAP_FRAME, self.BASE_FRAME))
+        if obs.navigation:
+            self.navigation_publisher.publish(String(data=obs.navigation))
+        self.image_publisher.publish(rgb_to_image(obs.image, stamp, self.CAMERA_FRAME))
+        if self.frames is not None:
+            self.frames.append(obs.image)
+        self._state, self._cycle_start = "waiting", time.monotonic()
+
+    def _step(self, speed: float, yaw_rate: float) -> None:
+        latency_ms = (time.monotonic() - self._cycle_start) * 1e3
+        self.cycle_latencies_ms.append(latency_ms)
+        self.diagnostics.cycle_done(latency_ms)
+        try:
+            info = self.sim.step(speed, yaw_rate)
+        except Exception as e:  # noqa: BLE001 - report the episode as failed instead of killing the process
+            self.get_logger().error(f"simulator step failed: {e!r}")
+            self.diagnostics.set_status(ERROR, f"simulator failed: {e}")
+            self._finish(error=str(e))
+            return
+        self.cycles += 1
+        if self.on_cycle is not None:
+            self.on_cycle(self.cycles)
+        if info.done or self.sim.done:
+            self._finish()
+        else:
+            self.observation = self.sim.observation()
+            self._publish_cycle()
+
+    def summary(self) -> dict:
+        """Bridge figures: cycles, missed cycles and wall-clock cycle latency (publish -> command)."""
+        lat = self.cycle_latencies_ms
+        return {
+            "cycles": self.cycles,
+            "missed_cycles": self.missed_cycles,
+            "cycle_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+            "cycle_latency_p99_ms": float(np.percentile(lat, 99)) if lat else None,
+        }
+
+    def _finish(self, error: str = "") -> None:
+        self._state = "done"
+        try:
+            self.result = self.sim.result()
+        except Exception as e:  # noqa: BLE001 - a broken simulator still yields a (failed) result
+            from vla_driver.core.metrics import EpisodeResult
+
+            self.result = EpisodeResult(self.params.scenario, self.params.seed, 0.0)
+            error = error or f"result failed: {e}"
+        self.result.extras.update(self.summary())
+        if error:
+            self.result.termination, self.result.extras["error"] = "error", error
+        self.episode_publisher.publish(String(data=json.dumps(self.result.to_dict(), default=float)))
+        self.get_logger().info(f"episode done: {self.result.termination}, {self.summary()}")
+        if self.on_done is not None:
+            self.on_done(self.result)
+
+    def destroy_node(self):
+        self.sim.close()
+        return super().destroy_node()
+
+
+def main(args=None) -> None:
+    from .compose import spin_standalone
+
+    spin_standalone(SimBridgeNode, args)
