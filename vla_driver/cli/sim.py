@@ -1,0 +1,108 @@
+"""Simulator commands: closed-loop evaluation against the expert, and expert data recording."""
+from __future__ import annotations
+
+import json
+import math
+
+DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
+
+
+def register(sub, bench_sub) -> None:
+    for parser in (sub.add_parser("eval", help="closed-loop driving score of a policy vs the expert"),
+                   bench_sub.add_parser("closed_loop", help="same as `vla-driver eval`")):
+        parser.add_argument("--policy", default="expert", help="'expert' or a checkpoint directory")
+        parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+        parser.add_argument("--episodes", type=int, default=5, help="episodes per scenario (held-out seeds)")
+        parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
+        parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
+        parser.add_argument("--json-out", default="", help="also write every episode result to this JSON file")
+        parser.set_defaults(func=evaluate_command)
+
+    p = sub.add_parser("record-expert", help="record expert driving into an SFT dataset (npz shards)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    p.add_argument("--episodes", type=int, default=10, help="episodes per scenario (training seeds)")
+    p.add_argument("--seed-offset", type=int, default=0)
+    p.add_argument("--perturb", type=float, default=0.05, help="DAgger-lite perturbation probability per decision")
+    p.add_argument("--frame-hz", type=float, default=2.0)
+    p.set_defaults(func=record_command)
+
+
+def _scenarios(text: str) -> list[str]:
+    from ..sim.highway import SCENARIOS
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or not names:
+        raise SystemExit(f"unknown or no scenarios {unknown or text!r}; choose from {sorted(SCENARIOS)}")
+    return names
+
+
+def _policy_factory(spec: str):
+    if spec == "expert":
+        from ..sim.expert import ExpertPolicy
+
+        return ExpertPolicy
+    from pathlib import Path
+
+    if not Path(spec).is_dir():
+        raise SystemExit(f"--policy must be 'expert' or a checkpoint directory; {spec!r} is neither")
+
+    def load():
+        from ..runtime.policy import load_policy
+
+        return load_policy(spec, backend="torch")
+
+    return load
+
+
+def _number(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
+
+
+def evaluate_command(args) -> int:
+    from ..core.metrics import format_table, summarize
+    from ..sim.closed_loop import HELDOUT_SEEDS, evaluate, run_episode
+
+    scenarios = _scenarios(args.scenarios)
+    if args.episodes < 1:
+        raise SystemExit("--episodes must be at least 1")
+    seeds = list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
+    factory = _policy_factory(args.policy)
+    results = evaluate(factory, scenarios, seeds)
+    summary = summarize(results)
+    print(f"policy: {args.policy}  seeds: {seeds[0]}..{seeds[-1]}  (95% CI: Student t over episodes)")
+    print(format_table(summary))
+    if args.policy == "expert":
+        expert_summary = summary
+    else:
+        from ..sim.expert import ExpertPolicy
+
+        expert_summary = summarize(evaluate(ExpertPolicy, scenarios, seeds))
+        print("expert on the same seeds:")
+        print(format_table(expert_summary))
+    if args.gif:
+        from ..sim.render import save_episode_gif
+
+        _, frames = run_episode(factory(), scenarios[0], seeds[0], record_frames=True)
+        print(f"gif: {save_episode_gif(frames, args.gif, every=2)}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump([r.to_dict() for r in results], f, indent=1)
+    overall = summary["overall"]
+    print(json.dumps({"bench": "closed_loop", "policy": args.policy,
+                      "driving_score": _number(overall["driving_score"]),
+                      "success_rate": _number(overall["success_rate"]),
+                      "expert_driving_score": _number(expert_summary["overall"]["driving_score"])}))
+    return 0
+
+
+def record_command(args) -> int:
+    from ..sim.closed_loop import TRAIN_SEEDS
+    from ..sim.dataset import record_expert_dataset
+
+    scenarios = _scenarios(args.scenarios)
+    seeds = list(TRAIN_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
+    meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb)
+    print(json.dumps({"dataset": args.out, "samples": meta["samples"], "shards": len(meta["shards"])}))
+    return 0

@@ -1,0 +1,165 @@
+"""Record the expert into an imitation (SFT) dataset of numpy ``.npz`` shards.
+
+One sample per decision step (``frame_hz``, 2 Hz by default): the camera image, ego features
+(speed, accel, yaw rate), the navigation text, the expert's decision (speed, path) with its
+templated reasoning, and the ACTUAL ego trajectory over the next ``spec.num_waypoints`` x ``spec.dt``
+seconds in the ego frame at that instant (only instants with a full future are kept), plus scenario,
+seed and time. Strings are fixed-width unicode arrays, so ``np.load(..., allow_pickle=False)`` works.
+
+Arrays (n samples): image (n,H,W,3) uint8; ego (n,3) float32 = speed, accel, yaw_rate; navigation,
+speed, path, reasoning, scenario: unicode; decision_index int16 (vocabulary candidate index); future
+(n,N,3) float32 = x, y, heading in the ego frame; seed int64; time float32; recovering bool (the
+sample follows a perturbation).
+
+DAgger-lite perturbations (``perturb_prob`` > 0): at a decision step, with that probability, the
+executed command is perturbed for ``PERTURB_S`` (a yaw-rate offset and a speed offset) while the expert
+keeps deciding and planning. Samples whose future overlaps a perturbation are dropped (their
+trajectory would teach the perturbation); the samples right after one show the expert recovering from
+an off-centre, off-speed state, which is what a pure imitation policy otherwise never sees.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..core.control import PurePursuitPID
+from ..core.trajectory import TrajectorySpec, future_poses_to_ego
+from ..core.vocabulary import DecisionVocabulary
+from .expert import ExpertPolicy
+from .highway import DrivingSim
+
+log = logging.getLogger(__name__)
+
+PERTURB_S = 1.0
+PERTURB_YAW_RATE = 0.15  # rad/s, magnitude of the steering perturbation
+PERTURB_SPEED = 3.0  # m/s, magnitude of the speed-command perturbation
+
+
+def _record_episode(sim: DrivingSim, expert: ExpertPolicy, seed: int, spec: TrajectorySpec, frame_hz: float,
+                    perturb_prob: float, rng: np.random.Generator) -> list[dict]:
+    sim.reset(seed)
+    expert.attach(sim)
+    controller = PurePursuitPID()
+    decision = None
+    decision_period = 1.0 / frame_hz
+    next_decision = 0.0
+    perturb_until, perturb = -1.0, (0.0, 0.0)
+    candidates, poses, times, perturbed = [], [], [], []
+    while not sim.done:
+        now = sim.time
+        x, y, yaw, speed = sim.ego_pose()
+        poses.append((x, y, yaw))
+        times.append(now)
+        perturbed.append(now < perturb_until)
+        if decision is None or now >= next_decision - 1e-6:
+            obs = sim.observation()
+            result = expert.decide(obs, think=True)
+            decision = result.decision
+            next_decision = now + decision_period
+            candidates.append({"step": len(poses) - 1, "image": obs.image, "speed": obs.speed, "accel": obs.accel,
+                               "yaw_rate": obs.yaw_rate, "navigation": obs.navigation, "decision": decision,
+                               "time": now})
+            if perturb_prob > 0 and now >= perturb_until and rng.random() < perturb_prob:
+                perturb_until = now + PERTURB_S
+                perturb = (rng.choice([-1.0, 1.0]) * PERTURB_YAW_RATE, rng.uniform(-1.0, 1.0) * PERTURB_SPEED)
+        traj = expert.plan(None, decision)
+        speed_cmd, yaw_rate = controller.command(traj, speed, sim.dt)
+        if now < perturb_until:
+            yaw_rate += perturb[0]
+            speed_cmd = max(0.0, speed_cmd + perturb[1])
+        sim.step(speed_cmd, yaw_rate)
+    x, y, yaw, _ = sim.ego_pose()
+    poses.append((x, y, yaw))
+    perturbed.append(False)
+    poses_arr = np.asarray(poses)
+    stride = int(round(spec.dt / sim.dt))
+    samples = []
+    for c in candidates:
+        idx = c["step"] + stride * np.arange(1, spec.num_waypoints + 1)
+        if idx[-1] >= len(poses_arr) or any(perturbed[c["step"]:idx[-1] + 1]):
+            continue
+        ego = poses_arr[c["step"]]
+        future = future_poses_to_ego(poses_arr[idx, :2], poses_arr[idx, 2], ego[:2], ego[2])
+        c["future"] = future.astype(np.float32)
+        c["recovering"] = any(perturbed[max(0, c["step"] - 2 * stride):c["step"]])
+        samples.append(c)
+    return samples
+
+
+def _write_shard(path: Path, samples: list[dict], vocab: DecisionVocabulary, seed: int, scenario: str) -> None:
+    def text(values):
+        width = max(1, max(len(v) for v in values))
+        return np.array(values, dtype=f"<U{width}")
+
+    np.savez_compressed(
+        path,
+        image=np.stack([s["image"] for s in samples]).astype(np.uint8),
+        ego=np.array([[s["speed"], s["accel"], s["yaw_rate"]] for s in samples], dtype=np.float32),
+        navigation=text([s["navigation"] for s in samples]),
+        speed=text([s["decision"].speed for s in samples]),
+        path=text([s["decision"].path for s in samples]),
+        decision_index=np.array([vocab.candidate_index(s["decision"].speed, s["decision"].path) for s in samples],
+                                dtype=np.int16),
+        reasoning=text([s["decision"].reasoning for s in samples]),
+        future=np.stack([s["future"] for s in samples]).astype(np.float32),
+        scenario=text([scenario] * len(samples)),
+        seed=np.full(len(samples), seed, dtype=np.int64),
+        time=np.array([s["time"] for s in samples], dtype=np.float32),
+        recovering=np.array([s["recovering"] for s in samples], dtype=bool),
+    )
+
+
+def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary | None = None,
+                          spec: TrajectorySpec = TrajectorySpec(), image_size=(128, 256), frame_hz: float = 2.0,
+                          perturb_prob: float = 0.05, progress: bool = True) -> dict:
+    """Drive the expert on every (scenario, seed) and write one shard per episode into ``out_dir``;
+    returns the manifest (also written as ``meta.json``)."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = vocab or DecisionVocabulary.preset("alphadrive")
+    scenarios, seeds = list(scenarios), [int(s) for s in seeds]
+    rng = np.random.default_rng(seeds[0] if seeds else 0)
+    shards, total = [], 0
+    with tqdm(total=len(scenarios) * len(seeds), desc="record expert", disable=not progress) as bar:
+        for scenario in scenarios:
+            sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size)
+            expert = ExpertPolicy(sim, vocab, spec, decision_hz=frame_hz)
+            for seed in seeds:
+                samples = _record_episode(sim, expert, seed, spec, frame_hz, perturb_prob, rng)
+                if samples:
+                    name = f"{scenario}_{seed:06d}.npz"
+                    _write_shard(out / name, samples, vocab, seed, scenario)
+                    shards.append(name)
+                    total += len(samples)
+                bar.set_postfix(samples=total)
+                bar.update(1)
+            sim.close()
+    meta = {"format": "vla_driver.expert_dataset/1", "vocabulary": vocab.to_dict(), "trajectory": spec.to_dict(),
+            "image_size": list(image_size), "frame_hz": frame_hz, "perturb_prob": perturb_prob,
+            "scenarios": scenarios, "seeds": seeds, "samples": total, "shards": shards}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load_dataset(directory) -> dict:
+    """All shards of a recorded dataset concatenated: dict of arrays (plus ``meta``), no pickles."""
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{directory} has no meta.json; is it a dataset written by record_expert_dataset?")
+    meta = json.loads(meta_path.read_text())
+    parts: dict[str, list] = {}
+    for name in meta["shards"]:
+        with np.load(directory / name, allow_pickle=False) as shard:
+            for key in shard.files:
+                parts.setdefault(key, []).append(shard[key])
+    if not parts:
+        raise ValueError(f"{directory} holds no samples")
+    data = {key: np.concatenate(values) for key, values in parts.items()}
+    data["meta"] = meta
+    return data
