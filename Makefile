@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/vla-driver demo
 
 checkpoint: setup
-	$(BIN)/vla-driver train-sft --out checkpoints/default
+	$(BIN)/vla-driver train-sft --out vla_driver/assets/default_checkpoint
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,9 +8,10 @@ from pathlib import Path
 def register(sub, bench_sub) -> None:
     p = sub.add_parser("train-sft", help="record expert driving in the simulator and train the policy by imitation")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--data", default="", help="existing dataset dir (from record-expert); recorded if empty")
+    p.add_argument("--data", default="runs/sft_data",
+                   help="dataset dir (record-expert format); expert driving is recorded there first if it is empty")
     p.add_argument("--scenarios", default="highway,merge,roundabout,intersection")
-    p.add_argument("--episodes", type=int, default=12, help="expert episodes per scenario when recording")
+    p.add_argument("--episodes", type=int, default=24, help="expert episodes per scenario when recording")
     p.add_argument("--from-checkpoint", default="", help="start from this checkpoint instead of a fresh model")
     p.add_argument("--action-steps", type=int, default=None)
     p.add_argument("--decision-steps", type=int, default=None)
@@ -29,6 +30,7 @@ def register(sub, bench_sub) -> None:
 def train_sft(args) -> int:
     from ..rl.sft import SFTConfig
     from ..rl.sft import train_sft as run
+    from ..sim.closed_loop import TRAIN_SEEDS
     from ..sim.dataset import record_expert_dataset
     from ..sim.highway import SCENARIOS
 
@@ -36,13 +38,13 @@ def train_sft(args) -> int:
     for field in ("action_steps", "decision_steps", "batch_size"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
-    data = Path(args.data) if args.data else Path(args.out).with_suffix(".data")
-    if not args.data:
+    data = Path(args.data)
+    if not any(data.glob("*.npz")):
         scenarios = [s for s in args.scenarios.split(",") if s]
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown:
             raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
-        record_expert_dataset(data, scenarios, list(range(args.episodes)))
+        record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]))
     report = run(data, args.out, args.from_checkpoint or None, cfg)
     print(json.dumps({"bench": "sft", **report}))
     return 0
