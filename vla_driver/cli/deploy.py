@@ -48,7 +48,9 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trt-version", help="check engines for this TensorRT version instead of the installed one")
     p.add_argument("--compute-capability", help="check engines for this GPU (e.g. 8.7) instead of the local one")
     p.add_argument("--checkpoint", type=Path, metavar="DIR", help="also compare ONNX with the torch model")
-    p.add_argument("--frames", type=Path, metavar="DIR", help="frames for the torch comparison")
+    p.add_argument("--frames", type=Path, metavar="DIR", help="dataset dir (record-expert) for the torch comparison")
+    p.add_argument("--sim-frames", type=int, default=0, metavar="N",
+                   help="compare on N simulator frames instead (the expert drives held-out episodes)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 
 
@@ -275,7 +277,8 @@ def _verify_against_torch(args) -> dict:
     except ImportError as exc:
         return {"ok": False, "error": f"vla_driver.runtime.export is not available ({exc})"}
     try:
-        report = verify_onnx_against_torch(args.checkpoint, args.spec.parent, args.frames)
+        frames = args.frames or (args.sim_frames or None)
+        report = verify_onnx_against_torch(args.checkpoint, args.spec.parent, frames, progress=True)
     except Exception as exc:  # report any failure of the model-side check instead of a traceback
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     ok = not (isinstance(report, dict) and report.get("ok") is False)

@@ -211,8 +211,10 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
                               generate_tokens: int = 16, threads: int = 2, progress: bool = False) -> dict:
     """Parity of ONNX Runtime against torch on the same observations.
 
-    ``frames``: Observations (e.g. simulator frames). Reports decision agreement, the largest probability and
-    trajectory differences, and whether KV-cache decoding in ORT matches ``generate`` token for token.
+    ``frames``: a list of Observations, a number of simulator frames to record with the expert driving, a
+    dataset directory (``record-expert`` shards), or None (16 synthetic frames). Reports decision agreement,
+    the largest probability and trajectory differences, and whether KV-cache decoding in ORT matches
+    ``generate`` token for token.
     """
     from tqdm import tqdm
 
@@ -231,8 +233,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     runners = {n: OrtSession(onnx_dir / s.onnx_file, s.onnx_sha256, threads) for n, s in specs.items()}
     ort = graph_policy(runners, specs, onnx_dir, manifest, "onnxruntime", checkpoint_dir)
     ref = TorchPolicy(load_checkpoint(checkpoint_dir))
-    if frames is None:
-        frames = [example_observation(i) for i in range(16)]
+    frames = observations_for(frames)
     agree, n, max_prob, max_traj = 0, 0, 0.0, 0.0
     for obs in tqdm(frames, desc="parity", disable=not progress):
         a, b = ref.decision_table([obs])[0], ort.decision_table([obs])[0]
@@ -268,3 +269,35 @@ def example_observation(seed: int):
     rng = np.random.default_rng(seed)
     return Observation(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8), float(rng.uniform(0, 25)),
                        "Go straight for 100m")
+
+
+def observations_for(frames) -> list:
+    """Resolve the ``frames`` argument of :func:`verify_onnx_against_torch` into Observations."""
+    from ..core.types import Observation
+
+    if frames is None:
+        return [example_observation(i) for i in range(16)]
+    if isinstance(frames, int):
+        return simulator_observations(frames)
+    if isinstance(frames, (str, Path)):
+        from ..sim.dataset import load_dataset
+
+        data = load_dataset(frames)
+        return [Observation(data["image"][i], float(data["ego"][i, 0]), str(data["navigation"][i]),
+                            float(data["ego"][i, 1]), float(data["ego"][i, 2])) for i in range(len(data["image"]))]
+    return list(frames)
+
+
+def simulator_observations(count: int, scenarios=("highway", "merge", "roundabout", "intersection")) -> list:
+    """``count`` camera frames (+ ego state, navigation) from the expert driving held-out episodes."""
+    from ..core.types import Observation
+    from ..sim.closed_loop import HELDOUT_SEEDS, run_episode
+    from ..sim.expert import ExpertPolicy
+
+    out: list = []
+    seed = iter(HELDOUT_SEEDS)
+    while len(out) < count:
+        for scenario in scenarios:
+            _, recorded = run_episode(ExpertPolicy(), scenario, next(seed), record_frames=True)
+            out += [Observation(f["image"], float(f["speed"]), str(f["navigation"])) for f in recorded]
+    return out[:count]
