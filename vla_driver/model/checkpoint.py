@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.hashing import sha256_file
 from ..core.vocabulary import DecisionVocabulary
 from .config import VLAConfig
 
@@ -33,14 +34,6 @@ MODULES = ("vision", "ego_proj", "traj_head")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that must not be loaded; the message says which file and why."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:

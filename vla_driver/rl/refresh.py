@@ -6,7 +6,6 @@ rewards against that truth, minus a strong penalty for the logged decision when 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..core.hashing import sha256_file
 from ..core.labels import label_from_future
 from ..core.rewards import PlanningRewardConfig, planning_rewards
 from ..core.types import Observation
@@ -75,7 +75,7 @@ def hash_inputs(paths) -> dict:
     for root in paths:
         for f in sorted(Path(root).rglob("*")):
             if f.is_file() and f.suffix in (".mcap", ".db3", ".yaml"):
-                out[str(f.relative_to(Path(root)))] = hashlib.sha256(f.read_bytes()).hexdigest()
+                out[str(f.relative_to(Path(root)))] = sha256_file(f)
     return out
 
 

@@ -104,40 +104,38 @@ class SFTTrainer:
         acc = float((flat.argmax(1) == target).float().mean())
         return loss, acc
 
+    def _phase(self, name: str, steps: int, opt, loss_fn, progress: bool) -> None:
+        """``steps`` optimizer steps with a one-cycle schedule; ``loss_fn(idx) -> (loss, {metric: value})``."""
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
+                                                    total_steps=max(1, steps), pct_start=0.1)
+        bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}", disable=not progress)
+        for idx in bar:
+            loss, metrics = loss_fn(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            metrics = {f"{name}_loss": loss.item(), **metrics}
+            for key, value in metrics.items():
+                self.history[key].append(value)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
+
     def train(self, progress: bool = True) -> dict:
         torch.manual_seed(self.cfg.seed)
         torch.set_num_threads(self.cfg.threads)
         self.model.train()
         start = time.time()
         opt = self._optimizer("action", with_modules=True)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
-                                                    total_steps=max(1, self.cfg.action_steps), pct_start=0.1)
-        bar = tqdm(self.batches(self.cfg.action_steps), total=self.cfg.action_steps, desc="SFT action",
-                   disable=not progress)
-        for idx in bar:
-            loss = self.action_loss(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            self.history["action_loss"].append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        self._phase("action", self.cfg.action_steps, opt, lambda idx: (self.action_loss(idx), {}), progress)
         if self.cfg.init_decision_from_action:
             copy_adapter(self.model.llm, "action", "decision")
-        opt = self._optimizer("decision", with_modules=False)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
-                                                    total_steps=max(1, self.cfg.decision_steps), pct_start=0.1)
-        bar = tqdm(self.batches(self.cfg.decision_steps), total=self.cfg.decision_steps, desc="SFT decision",
-                   disable=not progress)
-        for idx in bar:
+
+        def decision_step(idx):
             loss, acc = self.decision_loss(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            self.history["decision_loss"].append(loss.item())
-            self.history["decision_acc"].append(acc)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            return loss, {"decision_acc": acc}
+
+        opt = self._optimizer("decision", with_modules=False)
+        self._phase("decision", self.cfg.decision_steps, opt, decision_step, progress)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 
+from ..core.hashing import sha256_file
+
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -35,12 +37,7 @@ class HashMismatchError(ValueError):
                          "(file corrupted or replaced; re-export or re-copy it)")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file
 
 
 def verify_file_hash(path: str | Path, sha256: str) -> None:
