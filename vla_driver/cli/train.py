@@ -16,6 +16,7 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--action-steps", type=int, default=None)
     p.add_argument("--decision-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train_sft)
 
@@ -35,7 +36,7 @@ def train_sft(args) -> int:
     from ..sim.highway import SCENARIOS
 
     cfg = SFTConfig(seed=args.seed)
-    for field in ("action_steps", "decision_steps", "batch_size"):
+    for field in ("action_steps", "decision_steps", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
     data = Path(args.data)

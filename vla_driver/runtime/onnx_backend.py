@@ -69,6 +69,8 @@ class OrtSession:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, int(threads))
+        # Several nodes share the CPU in one process or machine: spinning worker threads would steal it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         chosen = select_providers(providers, ort.get_available_providers())
