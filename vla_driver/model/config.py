@@ -31,9 +31,9 @@ class LoRAConfig:
 class VisionConfig:
     """Small CNN trained from scratch; ``pretrained_dir`` plugs in a local Hugging Face vision model instead."""
 
-    image_height: int = 64
-    image_width: int = 128
-    channels: tuple[int, ...] = (24, 48, 64, 96)
+    image_height: int = 128  # the simulator camera's size: lane offsets of 0.5 m are ~1.5 px here
+    image_width: int = 256
+    channels: tuple[int, ...] = (16, 32, 48, 64, 96)
     token_grid: tuple[int, int] = (2, 8)  # visual tokens = rows x cols
     pretrained_dir: str = ""
 

@@ -88,9 +88,10 @@ class SFTTrainer:
         modes = self.model.trajectories(self.enc.images(obs), self.enc.ego(obs), ids, lengths)  # (B, S, N, 3)
         truth = self.future[idx]
         picked = modes[torch.arange(len(idx)), torch.from_numpy(self.speed_idx[idx])]
-        weights = torch.tensor([1.0, 1.0, 5.0])  # heading in rad is ~10x smaller than metres
-        loss = (F.smooth_l1_loss(picked, truth, reduction="none") * weights).mean()
-        others = (F.smooth_l1_loss(modes, truth[:, None].expand_as(modes), reduction="none") * weights).mean()
+        # L1 keeps a strong gradient on sub-metre lateral errors (lane keeping); heading in rad is small.
+        weights = torch.tensor([1.0, 2.0, 4.0])
+        loss = (F.l1_loss(picked, truth, reduction="none") * weights).mean()
+        others = (F.l1_loss(modes, truth[:, None].expand_as(modes), reduction="none") * weights).mean()
         return loss + self.cfg.all_modes_weight * others
 
     def decision_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, float]:
