@@ -31,6 +31,7 @@ setup(
             "action_node = vla_driver.nodes.action_node:main",
             "controller_node = vla_driver.nodes.controller_node:main",
             "sim_bridge_node = vla_driver.nodes.sim_bridge_node:main",
+            "logger_node = vla_driver.nodes.logger_node:main",
             "vla-driver = vla_driver.cli:main",
         ],
     },

@@ -10,6 +10,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -33,6 +34,8 @@ def generate_launch_description():
         DeclareLaunchArgument("decision_node_params", default_value=os.path.join(config, "decision_node.yaml")),
         DeclareLaunchArgument("action_node_params", default_value=os.path.join(config, "action_node.yaml")),
         DeclareLaunchArgument("controller_node_params", default_value=os.path.join(config, "controller_node.yaml")),
+        DeclareLaunchArgument("logger_node_params", default_value=os.path.join(config, "logger_node.yaml")),
+        DeclareLaunchArgument("log", default_value="true", description="record experience segments (logger_node)"),
         DeclareLaunchArgument("image_topic", default_value="image", description="camera, sensor_msgs/Image"),
         DeclareLaunchArgument("odom_topic", default_value="odom", description="nav_msgs/Odometry"),
         DeclareLaunchArgument("navigation_topic", default_value="navigation",
@@ -74,6 +77,20 @@ def generate_launch_description():
                 ("trajectory", LaunchConfiguration("trajectory_topic")),
                 ("odom", LaunchConfiguration("odom_topic")),
                 ("cmd_vel", LaunchConfiguration("cmd_vel_topic")),
+            ],
+        ),
+        Node(
+            package="vla_driver", executable="logger_node", name="logger_node", output="screen",
+            condition=IfCondition(LaunchConfiguration("log")),
+            parameters=[
+                LaunchConfiguration("logger_node_params"),
+                {"use_sim_time": use_sim_time,
+                 "image_topic": LaunchConfiguration("image_topic"),
+                 "odom_topic": LaunchConfiguration("odom_topic"),
+                 "navigation_topic": LaunchConfiguration("navigation_topic"),
+                 "decision_topic": LaunchConfiguration("decision_topic"),
+                 "trajectory_topic": LaunchConfiguration("trajectory_topic"),
+                 "cmd_vel_topic": LaunchConfiguration("cmd_vel_topic")},
             ],
         ),
     ])

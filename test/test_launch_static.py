@@ -20,6 +20,7 @@ from rclpy.node import Node  # noqa: E402
 from vla_driver.nodes.action_node import ActionNode, ActionParams  # noqa: E402
 from vla_driver.nodes.controller_node import ControllerNode, ControllerParams  # noqa: E402
 from vla_driver.nodes.decision_node import DecisionNode, DecisionParams  # noqa: E402
+from vla_driver.nodes.logger_node import LoggerNode, LoggerParams  # noqa: E402
 from vla_driver.nodes.sim_bridge_node import SimBridgeNode, SimBridgeParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +29,10 @@ NODES = {  # node name == executable name
     "action_node": (ActionNode, ActionParams),
     "controller_node": (ControllerNode, ControllerParams),
     "sim_bridge_node": (SimBridgeNode, SimBridgeParams),
+    "logger_node": (LoggerNode, LoggerParams),
 }
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
-YAML_TYPES = {bool: bool, int: int, float: float, str: str}
+YAML_TYPES = {bool: bool, int: int, float: float, str: str, tuple: list}
 
 
 def declared(name: str) -> set[str]:
@@ -126,7 +128,14 @@ def test_launch_configurations_and_includes_use_declared_arguments(path):
 def test_every_topic_of_the_vehicle_stack_is_remappable():
     tree = parse(ROOT / "launch" / "vla_driver.launch.py")
     for node in calls(tree, "Node"):
-        node_cls, _ = NODES[kwarg(node, "name").value]
+        name = kwarg(node, "name").value
+        node_cls, _ = NODES[name]
+        if name == "logger_node":  # subscribes by <role>_topic parameters, fed from the same launch arguments
+            params = resolve_dict(tree, kwarg(node, "parameters").elts[1])
+            passed = {k.value for k in params.keys if k.value.endswith("_topic")}
+            assert passed == {f"{t}_topic" for t in ("image", "odom", "navigation", "decision", "trajectory",
+                                                     "cmd_vel")}
+            continue
         remapped = {pair.elts[0].value for pair in kwarg(node, "remappings").elts}
         assert remapped == set(node_cls.TOPICS)
 
@@ -170,6 +179,7 @@ def test_config_yaml_is_parsed_by_rcl_into_exactly_the_declared_parameters(name,
 def test_json_schema_matches_the_declared_parameters(name):
     schema = json.loads((ROOT / "config" / "schema" / f"{name}.schema.json").read_text())
     props = schema["definitions"]["params"]["properties"]
-    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    expected = {f.name: (kinds[type(f.default)], f.default, f.metadata["description"]) for f in fields(NODES[name][1])}
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "array"}
+    expected = {f.name: (kinds[type(f.default)], list(f.default) if isinstance(f.default, tuple) else f.default,
+                         f.metadata["description"]) for f in fields(NODES[name][1])}
     assert {k: (v["type"], v["default"], v["description"]) for k, v in props.items()} == expected

@@ -1,0 +1,142 @@
+"""Rosbag replay through the real nodes (rclpy in process), its report, and lockstep determinism."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+DOMAIN_ID = 152  # distinct from the other ROS test files (141 nodes, 142 launch, 151 logger)
+
+from rosbags.rosbag2 import Writer  # noqa: E402
+from rosbags.typesys import Stores, get_typestore  # noqa: E402
+
+from vla_driver.cli.replay import record_sim  # noqa: E402
+from vla_driver.experience.reader import MissingTopicError, read_samples  # noqa: E402
+from vla_driver.experience.replay import open_bag_input, replay_bag  # noqa: E402
+
+SPEED = 8.0
+
+
+@pytest.fixture(scope="module")
+def sim_bag(tmp_path_factory):
+    """5 s of the simulator's expert, logged by record-sim (decisions included: they become the labels)."""
+    return record_sim(tmp_path_factory.mktemp("sim"), "highway", 5.0, "expert", seed=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def second_policy(tiny_checkpoint):
+    """A free-running replay runs both nodes at once: each needs its own policy object."""
+    from vla_driver.runtime.policy import load_policy
+
+    return load_policy(tiny_checkpoint, backend="torch")
+
+
+def write_independent_bag(path, seconds: float = 5.0, camera_hz: float = 10.0, odom_hz: float = 20.0,
+                          with_camera: bool = True):
+    """A sqlite3 bag made with rosbags alone, under other topic names, header stamps on another clock."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    T = store.types
+    log0, stamp0 = 1_700_000_000_000_000_000, 100_000_000_000  # bag time vs sensor (header) time
+
+    def header(t_ns, frame):
+        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9),
+                                        frame_id=frame)
+
+    rng = np.random.default_rng(3)
+    with Writer(path, version=9) as writer:
+        cam = writer.add_connection("/front/image", "sensor_msgs/msg/Image", typestore=store) if with_camera else None
+        odom = writer.add_connection("/ego/odom", "nav_msgs/msg/Odometry", typestore=store)
+        events = []
+        for k in range(int(seconds * odom_hz)):
+            dt = k / odom_hz
+            x = SPEED * dt
+            msg = T["nav_msgs/msg/Odometry"](
+                header=header(stamp0 + round(dt * 1e9), "map"), child_frame_id="base_link",
+                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=T["geometry_msgs/msg/Pose"](
+                    position=T["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
+                    orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)),
+                    covariance=np.zeros(36)),
+                twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=T["geometry_msgs/msg/Twist"](
+                    linear=T["geometry_msgs/msg/Vector3"](x=SPEED, y=0.0, z=0.0),
+                    angular=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)), covariance=np.zeros(36)))
+            events.append((log0 + round(dt * 1e9), odom, store.serialize_cdr(msg, "nav_msgs/msg/Odometry")))
+        for k in range(int(seconds * camera_hz)) if with_camera else ():
+            dt = k / camera_hz
+            pixels = rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)
+            msg = T["sensor_msgs/msg/Image"](header=header(stamp0 + round(dt * 1e9), "camera"), height=64, width=128,
+                                             encoding="bgr8", is_bigendian=0, step=128 * 3, data=pixels.reshape(-1))
+            events.append((log0 + round(dt * 1e9) + 1000, cam, store.serialize_cdr(msg, "sensor_msgs/msg/Image")))
+        for t, conn, data in sorted(events, key=lambda e: e[0]):
+            writer.write(conn, t, bytes(data))
+    return path
+
+
+def test_lockstep_replay_of_a_record_sim_bag_is_deterministic_and_reports(sim_bag, tiny_policy, tmp_path):
+    runs = [replay_bag(sim_bag, tmp_path / f"run{i}", lockstep=True, policies=(tiny_policy, tiny_policy),
+                       domain_id=DOMAIN_ID, progress=False) for i in range(2)]
+    first, second = runs
+    r = first.report
+    assert r["frames"] == 50 and r["trajectories"] == 50 and r["commands"] == 50  # 10 Hz plans, one command each
+    assert abs(r["decisions"] - 2 * r["bag_seconds"]) <= 1.5 and r["timeouts"] == {}  # the 2 Hz grid
+    assert r["fallbacks"] == 0  # lockstep has no deadline: a slow CPU never forces the stop trajectory
+    # identical outputs: same digest, same decisions (up to their wall-clock latency), same trajectories
+    assert first.digest == second.digest
+    strip = [[{k: v for k, v in d.items() if k != "latency_ms"} for d in run.decisions] for run in runs]
+    assert strip[0] == strip[1]
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(first.trajectories, second.trajectories,
+                                                                          strict=True))
+    # the decision for a frame carries that frame's camera stamp, and the plan its stamp
+    assert {round(d["stamp"], 3) for d in first.decisions} <= {round(t[0], 3) for t in first.trajectories}
+    # scored against the decisions the expert logged for those frames (AlphaDrive metrics)
+    assert r["samples"] >= 3 and r["label_source"] == {"logged": r["samples"]}
+    assert 0.0 <= r["planning_accuracy"] <= 1.0 and set(r["f1"]) == set(tiny_policy.vocab.words)
+    assert set(r["l2_m"]) == {"l2_1s", "l2_2s", "l2_3s"} and all(math.isfinite(v) for v in r["l2_m"].values())
+    assert r["decision_latency_ms"]["n"] == r["decisions"] and r["frame_latency_ms"]["p99"] > 0
+    for name in ("report.md", "report.json", "planning.png", "timeline.png"):
+        assert (first.out_dir / name).stat().st_size > 0
+    assert json.loads((first.out_dir / "report.json").read_text())["outputs_digest"] == first.digest
+    assert "planning accuracy" in (first.out_dir / "report.md").read_text()
+    # the recorded bag is an experience bag: inputs as played plus the nodes' outputs
+    samples = read_samples(first.bag, progress=False)
+    assert len(samples) == r["samples"] and all(s.trajectory is not None for s in samples)
+
+
+def test_independent_sqlite_bag_replays_with_remaps_free_running_and_in_lockstep(tmp_path, tiny_policy, second_policy):
+    bag = write_independent_bag(tmp_path / "rosbags_bag")
+    remaps = {"/front/image": "/camera/image_raw", "/ego/odom": "/odom"}
+    source = open_bag_input(bag, remaps)
+    assert source.topics == {"image": "/front/image", "odom": "/ego/odom"}
+    assert source.clock_offset_ns == 100_000_000_000 - 1_700_000_000_000_000_000 - 1000  # /clock follows the stamps
+
+    free = replay_bag(bag, tmp_path / "free", rate=2.0, remaps=remaps, policies=(tiny_policy, second_policy),
+                      domain_id=DOMAIN_ID, progress=False)
+    r = free.report
+    assert r["mode"] == "rate 2x" and 1.5 < r["realtime_factor"] < 2.2  # paced on the wall clock
+    assert r["decisions"] >= 1 and r["trajectories"] >= 1 and r["commands"] >= 1
+    assert (free.out_dir / "report.md").exists() and (free.out_dir / "timeline.png").exists()
+
+    locked = replay_bag(bag, tmp_path / "locked", lockstep=True, remaps=remaps, policies=(tiny_policy, tiny_policy),
+                        domain_id=DOMAIN_ID, progress=False).report
+    assert locked["trajectories"] == 50 and locked["fallbacks"] == 0 and locked["timeouts"] == {}
+    # no decisions in the bag: labels come from where the car went (straight on at constant speed)
+    assert locked["samples"] >= 3 and locked["label_source"] == {"future_motion": locked["samples"]}
+    assert locked["f1"]["KEEP"] is not None and locked["f1"]["STRAIGHT"] is not None
+    assert set(locked["l2_m"]) == {"l2_1s", "l2_2s", "l2_3s"}
+
+
+def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsys):
+    bag = write_independent_bag(tmp_path / "no_camera", seconds=1.0, with_camera=False)
+    with pytest.raises(MissingTopicError) as err:
+        open_bag_input(bag, {"/ego/odom": "/odom"})
+    assert err.value.topic == "/camera/image_raw" and err.value.role == "image"
+    assert "/ego/odom" in str(err.value)  # and it lists what the bag has
+    with pytest.raises(ValueError, match="/nope"):
+        open_bag_input(bag, {"/nope": "/camera/image_raw"})
+
+    from vla_driver.cli import main
+
+    assert main(["replay", str(bag), "--remap", "/ego/odom:=/odom", "--out", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert "'/camera/image_raw' (image)" in message and "--remap" in message

@@ -1,0 +1,194 @@
+"""Experience logger node: every configured topic -> rosbag2 MCAP segments, without slowing anyone down.
+
+A thin rclpy adapter over :class:`vla_driver.experience.segments.SegmentWriter`. Subscriptions are raw
+(``raw=True``): a callback gets the CDR bytes, stamps them with the node clock (sim time under
+``use_sim_time``) and enqueues them; no deserialization, no I/O on the executor threads.
+
+Each role is subscribed on ``<role>_topic`` (the stack's names, remappable like the other nodes) and
+recorded under the name the experience reader expects (``experience.reader.TopicMap`` defaults, plus
+``/diagnostics``), so ``read_samples`` works on any log without a topic map:
+
+    image -> /camera/image_raw, odom -> /odom, navigation -> /navigation, decision -> /vla/decision,
+    trajectory -> /vla/trajectory, cmd_vel -> /cmd_vel, takeover -> /vla/takeover,
+    events -> /vla/events, diagnostics -> /diagnostics
+
+Camera: ``camera_compressed`` subscribes a ``sensor_msgs/CompressedImage`` topic instead (e.g. an
+image_transport ``.../compressed`` topic) and records it under the same image name; the reader decodes
+both. ``camera_reliable`` picks the camera QoS: reliable (default; Fast DDS drops most large frames
+offered best effort) or best effort, for drivers that only publish best effort.
+
+Publishing a ``std_msgs/Empty`` on ``~/keep`` flags the current segment so the disk quota never
+deletes it. Health goes to /diagnostics: written, dropped, MB/s, writer state (degraded -> ERROR).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool, Empty, String
+
+from vla_driver.experience import messages as m
+from vla_driver.experience.reader import TopicMap
+from vla_driver.experience.segments import SegmentWriter
+
+from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
+from .params import declare_params, param, require_positive
+
+_SCHEMA = TopicMap()
+# role -> (rclpy message class, rosbag2 type name, recorded topic name)
+ROLES = {
+    "image": (Image, m.IMAGE, _SCHEMA.image),
+    "odom": (Odometry, m.ODOMETRY, _SCHEMA.odom),
+    "navigation": (String, m.STRING, _SCHEMA.navigation),
+    "decision": (String, m.STRING, _SCHEMA.decision),
+    "trajectory": (Path, m.PATH, _SCHEMA.trajectory),
+    "cmd_vel": (Twist, m.TWIST, _SCHEMA.cmd_vel),
+    "takeover": (Bool, m.BOOL, _SCHEMA.takeover),
+    "events": (String, m.STRING, _SCHEMA.events),
+    "diagnostics": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray", "/diagnostics"),
+}
+MB = 1 << 20
+
+
+@dataclass
+class LoggerParams:
+    output_dir: str = param("~/.ros/vla_driver/experience", "folder the segments are written to")
+    segment_duration_s: float = param(60.0, "a segment closes before it would span this much message time (s)")
+    segment_max_mb: float = param(1024.0, "a segment closes once it holds this much data (MiB)")
+    min_free_mb: float = param(2048.0, "free space kept on the disk; oldest unflagged segments are deleted")
+    queue_size: int = param(2000, "messages waiting for the writer thread; beyond that they are dropped")
+    topics: tuple = param(tuple(ROLES), f"roles to record, any of: {', '.join(ROLES)}")
+    image_topic: str = param("image", "camera topic subscribed (sensor_msgs/Image, or CompressedImage)")
+    camera_compressed: bool = param(False, "the camera topic carries sensor_msgs/CompressedImage")
+    camera_reliable: bool = param(True, "reliable camera QoS; false for best-effort-only drivers")
+    odom_topic: str = param("odom", "nav_msgs/Odometry topic subscribed")
+    navigation_topic: str = param("navigation", "route instruction topic subscribed (std_msgs/String)")
+    decision_topic: str = param("decision", "decision JSON topic subscribed (std_msgs/String)")
+    trajectory_topic: str = param("trajectory", "planned trajectory topic subscribed (nav_msgs/Path)")
+    cmd_vel_topic: str = param("cmd_vel", "controller command topic subscribed (geometry_msgs/Twist)")
+    takeover_topic: str = param("/vla/takeover", "human takeover flag subscribed (std_msgs/Bool)")
+    events_topic: str = param("/vla/events", "free-text events subscribed (std_msgs/String)")
+    diagnostics_topic: str = param("/diagnostics", "diagnostics subscribed (diagnostic_msgs/DiagnosticArray)")
+
+    def __post_init__(self):
+        require_positive(self, "segment_duration_s", "segment_max_mb", "queue_size")
+        if self.min_free_mb < 0:
+            raise ValueError(f"parameter min_free_mb must be >= 0, got {self.min_free_mb!r}")
+        unknown = sorted(set(self.topics) - set(ROLES))
+        if unknown:
+            raise ValueError(f"parameter topics names unknown roles {unknown}; known: {', '.join(ROLES)}")
+
+    def subscribed(self, role: str) -> str:
+        return getattr(self, f"{role}_topic")
+
+
+class LoggerNode(Node):
+    """``writer`` may be passed in (tests); by default one is made from the parameters."""
+
+    def __init__(self, writer: SegmentWriter | None = None, **node_kwargs):
+        super().__init__("logger_node", **node_kwargs)
+        p = self.params = declare_params(self, LoggerParams)
+        self.writer = writer or SegmentWriter(
+            os.path.expanduser(p.output_dir), segment_duration_s=p.segment_duration_s,
+            segment_max_bytes=int(p.segment_max_mb * MB), min_free_bytes=int(p.min_free_mb * MB),
+            queue_size=p.queue_size, name_prefix="vla_",
+        )
+        self.callback_s: deque[float] = deque(maxlen=2000)  # time spent in each callback (s)
+        self.diagnostics = NodeDiagnostics(self, backend="segment_writer")
+        group = ReentrantCallbackGroup()  # callbacks only enqueue: let them run side by side
+        self.recording: dict[str, str] = {}  # subscribed topic -> recorded name
+        for role in dict.fromkeys(p.topics):
+            topic = p.subscribed(role)
+            if not topic:
+                continue
+            msg_cls, msgtype, record_as = ROLES[role]
+            qos = QoSProfile(depth=100)
+            if role == "image":
+                if p.camera_compressed:
+                    msg_cls, msgtype = CompressedImage, m.COMPRESSED_IMAGE
+                # a second of frames queued: a logger starved for a moment catches up instead of losing them
+                qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE if p.camera_reliable
+                                 else ReliabilityPolicy.BEST_EFFORT)
+            self.writer.add_topic(record_as, msgtype)
+            self.create_subscription(msg_cls, topic, self._recorder(record_as), qos, callback_group=group,
+                                     raw=True)
+            self.recording[self.resolve_topic_name(topic)] = record_as
+        self.create_subscription(Empty, "~/keep", self._on_keep, 10)
+        self._last = (time.monotonic(), 0)
+        self.create_timer(1.0, self._report, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(
+            f"logging {len(self.recording)} topics to {self.writer.root} "
+            f"({', '.join(f'{a} -> {b}' for a, b in self.recording.items())})"
+        )
+
+    def _recorder(self, record_as: str):
+        writer, clock, timings = self.writer, self.get_clock(), self.callback_s
+
+        def record(data: bytes) -> None:
+            start = time.perf_counter()
+            writer.write(record_as, clock.now().nanoseconds, data)
+            timings.append(time.perf_counter() - start)
+
+        return record
+
+    def _on_keep(self, _msg: Empty) -> None:
+        if self.writer.flag_keep():
+            segment = self.writer.current_segment
+            self.get_logger().info(f"segment {segment.name if segment else '(next)'} flagged KEEP")
+            self.diagnostics.count("kept")
+
+    def stats(self) -> dict:
+        """Writer figures plus the callback cost (what the executor threads pay per message)."""
+        stats = self.writer.stats()
+        cost = np.array(self.callback_s) * 1e6
+        stats.update(callback_us_p50=float(np.percentile(cost, 50)) if cost.size else None,
+                     callback_us_p99=float(np.percentile(cost, 99)) if cost.size else None)
+        return stats
+
+    def _report(self) -> None:
+        stats = self.stats()
+        now, last_bytes = time.monotonic(), self._last[1]
+        mb_per_s = (stats["bytes"] - last_bytes) / max(now - self._last[0], 1e-6) / 1e6
+        dropped_before = int(self.diagnostics.values.get("dropped", "0"))
+        self._last = (now, stats["bytes"])
+        self.diagnostics.values.update({
+            "state": stats["state"], "written": str(stats["written"]), "dropped": str(stats["dropped"]),
+            "dropped_queue_full": str(stats["dropped_queue_full"]), "mb_per_s": f"{mb_per_s:.2f}",
+            "queue_depth": str(stats["queue_depth"]), "segment": stats["current_segment"] or "",
+            "callback_us_p99": "n/a" if stats["callback_us_p99"] is None else f"{stats['callback_us_p99']:.1f}",
+        })
+        if stats["state"] == "degraded":
+            self.diagnostics.set_status(ERROR, f"logging degraded, messages dropped: {stats['last_error']}")
+        elif stats["dropped"] > dropped_before:
+            self.diagnostics.set_status(WARN, f"{stats['dropped'] - dropped_before} messages dropped "
+                                              f"(queue full: {stats['dropped_queue_full']} in total)")
+        else:
+            self.diagnostics.set_status(OK, f"{mb_per_s:.1f} MB/s to {stats['current_segment'] or self.writer.root}")
+
+    def destroy_node(self):
+        """Close the segment cleanly (summary, metadata.yaml, lock released) before going away."""
+        stats = self.writer.close()
+        self.get_logger().info(f"logger closed: {stats['written']} written, {stats['dropped']} dropped, "
+                               f"{stats['segments_closed']} segments")
+        return super().destroy_node()
+
+
+def main(args=None) -> None:
+    from .compose import spin_standalone
+
+    spin_standalone(LoggerNode, args)
+
+
+if __name__ == "__main__":
+    main()
