@@ -22,7 +22,7 @@ from vla_driver.core.trajectory import KinematicLimits, Trajectory, stop_traject
 from vla_driver.core.vocabulary import Decision
 
 from .convert import ObservationAssembler, decision_from_string, trajectory_to_markers, trajectory_to_path
-from .decision_node import blank_observation, load_policy
+from .decision_node import HotSwap, blank_observation, load_policy
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
 
@@ -54,7 +54,7 @@ class ActionParams:
                                self.max_yaw_rate)
 
 
-class ActionNode(Node):
+class ActionNode(HotSwap, Node):
     TOPICS = ("image", "odom", "navigation", "decision", "trajectory", "trajectory_markers")
 
     def __init__(self, policy=None, on_trajectory: Callable[[float, Trajectory, bool], None] | None = None,
@@ -64,13 +64,13 @@ class ActionNode(Node):
         self.limits = self.params.limits()
         self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
         self.on_trajectory = on_trajectory
-        vocab = self.policy.vocab
-        self.default_decision = Decision(vocab.find_speed("keep"), vocab.find_path("straight"))
+        self.default_decision = self._default_decision(self.policy)
         self.inputs = ObservationAssembler(self.params.default_navigation)
         self.decision: tuple[Decision, float] | None = None
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_planned_stamp = None
         self._warm_up()
+        self.enable_hot_swap(self._plan_twice)
 
         guard = self.diagnostics.guard
         self._planning = threading.Lock()  # image-triggered and timer cycles never overlap
@@ -85,11 +85,18 @@ class ActionNode(Node):
         self.marker_publisher = self.create_publisher(MarkerArray, "trajectory_markers", 10)
         self.create_timer(1.0 / self.params.rate_hz, self._on_timer, MutuallyExclusiveCallbackGroup())
 
+    @staticmethod
+    def _default_decision(policy) -> Decision:
+        return Decision(policy.vocab.find_speed("keep"), policy.vocab.find_path("straight"))
+
+    def _plan_twice(self, policy) -> None:
+        for _ in range(2):
+            policy.plan(blank_observation(self.params.default_navigation), self._default_decision(policy))
+
     def _warm_up(self) -> None:
         """Plan twice on a blank frame: torch's lazy initialisation must not land on the first deadline."""
         try:
-            for _ in range(2):
-                self.policy.plan(blank_observation(self.params.default_navigation), self.default_decision)
+            self._plan_twice(self.policy)
         except Exception as e:  # noqa: BLE001 - a real failure shows up again, with a diagnostic, per cycle
             self.get_logger().warn(f"warm-up plan failed: {e!r}")
 
@@ -118,6 +125,8 @@ class ActionNode(Node):
         return latest[0], False
 
     def cycle(self) -> None:
+        if self.adopt_new_policy():
+            self.default_decision = self._default_decision(self.policy)
         start = time.perf_counter()
         now = self.get_clock().now().nanoseconds * 1e-9
         ages = self.inputs.ages(now)

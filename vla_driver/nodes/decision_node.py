@@ -1,12 +1,20 @@
-"""Decision node: camera + odometry + navigation -> a (speed, path) decision as JSON, ~2 Hz (the slow system)."""
+"""Decision node: camera + odometry + navigation -> a (speed, path) decision as JSON, ~2 Hz (the slow system).
+
+Hot swap (this node and the action node): setting the ``checkpoint`` parameter at run time loads that
+checkpoint in a background thread; the node adopts it at the start of its next cycle, so no cycle is
+skipped and none runs half on each model. The new model_version shows in /diagnostics and in every
+decision JSON. A checkpoint that fails to load leaves the old policy running, with an ERROR diagnostic.
+"""
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -45,7 +53,65 @@ def blank_observation(navigation: str) -> Observation:
     return Observation(image=np.zeros((128, 256, 3), np.uint8), speed=0.0, navigation=navigation)
 
 
-class DecisionNode(Node):
+class HotSwap:
+    """Policy hot swap for a node with ``checkpoint``/``backend`` parameters, ``policy`` and ``diagnostics``.
+
+    Mix in before ``Node``; call :meth:`enable_hot_swap` once ``policy`` and ``diagnostics`` exist, and
+    :meth:`adopt_new_policy` at the start of every cycle. ``checkpoint`` is the one writable parameter.
+    """
+
+    def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
+        if name == "checkpoint" and descriptor is not None:
+            descriptor.read_only = False
+        return super().declare_parameter(name, value, descriptor, ignore_override)
+
+    def enable_hot_swap(self, warm_up: Callable[[object], None]) -> None:
+        """``warm_up(policy)`` runs in the loader thread, so a new policy's first cycle is not a cold one."""
+        self._swap_warm_up, self._swap_lock = warm_up, threading.Lock()
+        self._swap_request, self._ready_policy = 0, None  # latest request number; a loaded, not yet adopted policy
+        self.diagnostics.values["model_version"] = str(self.policy.model_version)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        for p in parameters:
+            if p.name == "checkpoint":
+                with self._swap_lock:
+                    self._swap_request += 1
+                    request = self._swap_request
+                threading.Thread(target=self._load, args=(str(p.value), request), daemon=True,
+                                 name=f"load-checkpoint-{request}").start()
+        return SetParametersResult(successful=True)
+
+    def _load(self, checkpoint: str, request: int) -> None:
+        try:
+            policy = load_policy(checkpoint, self.params.backend)
+            self._swap_warm_up(policy)
+        except Exception as e:  # noqa: BLE001 - any load failure keeps the running policy
+            self.diagnostics.count("swap_errors")
+            self.diagnostics.values["last_swap_error"] = f"{checkpoint}: {e}"
+            self.diagnostics.set_status(ERROR, f"checkpoint {checkpoint!r} not loaded, keeping model "
+                                               f"{self.policy.model_version}: {e}")
+            self.get_logger().error(f"checkpoint {checkpoint!r} failed to load: {e!r}")
+            return
+        with self._swap_lock:
+            if request == self._swap_request:  # a newer request supersedes this one
+                self._ready_policy = policy
+
+    def adopt_new_policy(self) -> bool:
+        """Switch to a freshly loaded policy, if one is waiting (between cycles, never within one)."""
+        with self._swap_lock:
+            policy, self._ready_policy = self._ready_policy, None
+        if policy is None:
+            return False
+        old, self.policy = self.policy.model_version, policy
+        self.diagnostics.backend = policy.backend_name
+        self.diagnostics.values["model_version"] = str(policy.model_version)
+        self.diagnostics.count("swaps")
+        self.get_logger().info(f"hot swap: model {old} -> {policy.model_version} ({policy.backend_name})")
+        return True
+
+
+class DecisionNode(HotSwap, Node):
     TOPICS = ("image", "odom", "navigation", "decision")
 
     def __init__(self, policy=None, on_decision: Callable[[str], None] | None = None, **node_kwargs):
@@ -57,9 +123,10 @@ class DecisionNode(Node):
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_stamp = None
         try:
-            self.policy.decide(blank_observation(self.params.default_navigation))
+            self._warm_up_policy(self.policy)
         except Exception as e:  # noqa: BLE001 - a real failure shows up again, with a diagnostic, per cycle
             self.get_logger().warn(f"warm-up decide failed: {e!r}")
+        self.enable_hot_swap(self._warm_up_policy)
 
         guard = self.diagnostics.guard
         self.create_subscription(Image, "image", guard("image", self.inputs.on_image), qos_profile_sensor_data)
@@ -73,7 +140,11 @@ class DecisionNode(Node):
             f"(model {self.policy.model_version}, think={self.params.think})"
         )
 
+    def _warm_up_policy(self, policy) -> None:
+        policy.decide(blank_observation(self.params.default_navigation))
+
     def decide(self) -> None:
+        self.adopt_new_policy()
         ages = self.inputs.ages(self.get_clock().now().nanoseconds * 1e-9)
         for name, age in ages.items():
             self.diagnostics.input_age(name, age)

@@ -80,11 +80,12 @@ class DecisionGRPO:
     def step(self, observations: list[Observation],
              reward_fn: Callable[[int, list[tuple[str, str]]], np.ndarray]) -> dict:
         """Draw a group per observation, score it with ``reward_fn(obs_index, candidates)``, update."""
-        self.model.train()
         vocab = self.model.vocab
+        self.model.eval()  # the sampling policy and the reference without dropout noise
         with torch.no_grad():
             old = self.tables(observations, "decision", grad=False)
             ref = self.tables(observations, REFERENCE, grad=False)
+        self.model.train()
         groups = self.sample_groups(old)
         rewards = np.stack([np.asarray(reward_fn(i, [vocab.candidate(int(c)) for c in g]), dtype=np.float64)
                             for i, g in enumerate(groups)])

@@ -1,0 +1,251 @@
+"""Online RL by branching, the promotion gate and registry, checkpoint hot swap in the nodes, refresh CLI."""
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+DOMAIN_ID = 161  # distinct from the other ROS test files (141 nodes, 142 launch, 151 logger, 152 replay)
+
+from vla_driver.core.control import PurePursuitPID  # noqa: E402
+from vla_driver.core.trajectory import TrajectorySpec, constant_motion  # noqa: E402
+from vla_driver.core.vocabulary import SPEED_SEMANTICS, Decision  # noqa: E402
+from vla_driver.model.checkpoint import load_checkpoint, read_manifest, save_checkpoint  # noqa: E402
+from vla_driver.rl.online import BranchRewardConfig, TrainRLConfig, branch_reward, run_branches, train_rl  # noqa: E402
+
+
+class LiteralPlanner:
+    """Plans exactly what a decision says (constant acceleration straight ahead), so that the branch
+    outcome depends on the decision alone; an untrained action expert would not."""
+
+    needs_image = False
+    ACCEL = {"accelerate": 2.5, "keep": 0.0, "decelerate": -3.0, "decelerate_hard": -5.0, "stop": -6.0}
+
+    def plan(self, obs, decision):
+        return constant_motion(obs.speed, 0.0, TrajectorySpec(), accel=self.ACCEL[SPEED_SEMANTICS[decision.speed]])
+
+
+def slower_car_ahead(sim):
+    """Ego at 15 m/s on the lane centre, one car 25 m ahead in its lane at 8 m/s, no other traffic."""
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    road, ego = sim.env.road, sim.vehicle
+    lane = road.network.get_lane(ego.lane_index)
+    s, _ = lane.local_coordinates(ego.position)
+    ego.position, ego.heading, ego.speed = lane.position(s, 0.0), lane.heading_at(s), 15.0
+    lead = IDMVehicle(road, lane.position(s + 25.0, 0.0), lane.heading_at(s + 25.0), speed=8.0,
+                      target_lane_index=ego.lane_index, target_speed=8.0)
+    road.vehicles[:] = [ego, lead]
+
+
+def test_branching_reward_ranks_the_crashing_decision_below_the_safe_one():
+    from vla_driver.sim.highway import DrivingSim
+
+    sim = DrivingSim("highway", seed=3)
+    slower_car_ahead(sim)
+    snapshot = sim.snapshot()
+    decisions = [Decision("STOP", "STRAIGHT"), Decision("DECELERATE", "STRAIGHT"), Decision("ACCELERATE", "STRAIGHT")]
+    branches = [DrivingSim("highway", seed=3) for _ in decisions]
+    outcomes = run_branches(LiteralPlanner(), snapshot, PurePursuitPID(), decisions, branches, horizon_s=3.0)
+    stop, decelerate, accelerate = (branch_reward(o, pace_mps=16.7) for o in outcomes)
+    assert accelerate["collision"] == 1.0 and outcomes[2].termination == "collision"
+    assert stop["collision"] == decelerate["collision"] == 0.0
+    assert accelerate["total"] < min(stop["total"], decelerate["total"])
+    assert accelerate["progress"] > stop["progress"] > 0  # it got further, and still ranks last
+    sparse = [branch_reward(o, 16.7, BranchRewardConfig(sparse=True))["total"] for o in outcomes]
+    assert sparse == [0.0, 0.0, -1.0]
+    # the branches never touched the scene they started from
+    assert sim.time == 0.0 and len(sim.env.road.vehicles) == 2
+    again = run_branches(LiteralPlanner(), snapshot, PurePursuitPID(), decisions[2:], branches)
+    assert again[0].progress_m == pytest.approx(outcomes[2].progress_m)  # restore() is exact: same outcome
+
+
+def test_one_train_rl_iteration_with_two_process_workers_changes_only_the_decision_adapter(tiny_checkpoint, tmp_path):
+    cfg = TrainRLConfig(iterations=1, workers=2, episodes_per_iteration=2, scenarios=("highway", "merge"),
+                        episode_s=1.0, branch_every=1, group_size=3, batch_size=8,
+                        reward=BranchRewardConfig(horizon_s=0.5, pace_mps=100.0))  # unclipped progress
+    out = tmp_path / "rl"
+    report = train_rl(tiny_checkpoint, out, cfg, progress=False)
+    [it] = report["iterations_detail"]
+    assert it["episodes"] == 2 and it["branch_points"] == 4  # decisions at 0 and 0.5 s in each 1 s episode
+    assert 4 <= it["branches"] <= 12 and report["branches_per_s"] > 0 and np.isfinite(it["kl"])
+    parent, child = read_manifest(tiny_checkpoint), read_manifest(out)
+    assert child["lineage"]["parent"] == parent["model_version"] and child["lineage"]["kind"] == "grpo_online"
+    assert child["lineage"]["seeds"] == {"highway": [0], "merge": [1]}
+    assert child["adapters"] == ["action", "decision"] and (tmp_path / "rl.rl.png").is_file()
+    weights = [f for f in parent["files"] if f.endswith((".safetensors", "tokenizer.json"))]  # json configs
+    changed = {f for f in weights if child["files"][f] != parent["files"][f]}  # differ in load-path metadata
+    assert changed == {"adapters/decision/adapter_model.safetensors"}, changed
+
+
+def head_checkpoint(src, dst, lateral: float):
+    """A copy of ``src`` whose trajectory head ignores its inputs: straight ahead at the current speed
+    (lateral=0), or veering ``lateral`` units to the left in every mode (drives off the road)."""
+    model = load_checkpoint(src)
+    last = model.traj_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias.view(len(model.vocab.speeds), model.cfg.num_waypoints, 3)[..., 1] = lateral
+    return save_checkpoint(model, dst, lineage={"kind": "test", "lateral": lateral})
+
+
+def test_gate_refuses_a_worse_candidate_accepts_an_identical_one_and_promote_keeps_a_registry(tiny_checkpoint,
+                                                                                              tmp_path):
+    from vla_driver.rl.gate import current_version, gate, promote
+
+    cruise = head_checkpoint(tiny_checkpoint, tmp_path / "cruise", 0.0)
+    veer = head_checkpoint(tiny_checkpoint, tmp_path / "veer", 10.0)
+    twin = shutil.copytree(cruise, tmp_path / "twin")
+    quick = {"scenarios": ["highway"], "duration_s": 2.0, "progress": False}
+
+    refused = gate(cruise, veer, episodes=2, **quick)
+    overall = refused.metrics["closed_loop"]["overall"]
+    assert not refused.promote and "worse by" in refused.reasons[0]
+    assert overall["candidate"]["driving_score"] < 0.5 * overall["baseline"]["driving_score"]  # clearly worse
+    assert overall["ds_diff"] < 0 and overall["baseline"]["episodes"] == 2
+    assert {p["seed"] for p in refused.metrics["closed_loop"]["pairs"]} == {100000, 100001}  # held out
+
+    accepted = gate(cruise, twin, episodes=1, **quick)
+    assert accepted.promote and "not worse" in accepted.reasons[0]
+    assert accepted.metrics["closed_loop"]["overall"]["ds_diff"] == 0.0
+
+    registry = tmp_path / "registry"
+    first = promote(tiny_checkpoint, registry)
+    second = promote(twin, registry, accepted)
+    version = read_manifest(twin)["model_version"]
+    assert current_version(registry) == version and (registry / "current").resolve() == (registry / version).resolve()
+    assert read_manifest(registry / "current")["model_version"] == version
+    assert second["previous"] == first["model_version"] and second["gate"]["promote"] is True
+    assert second["engine"]["built"] is False and "skipped" in second["engine"]["skipped"]  # no TensorRT here
+    log = [json.loads(line) for line in (registry / "registry.jsonl").read_text().splitlines()]
+    assert [r["model_version"] for r in log] == [first["model_version"], version]
+    assert log[1]["lineage"]["kind"] == "test"
+
+
+def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_version(tiny_policy, tmp_path):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from vla_driver.model.build import build_random_checkpoint
+    from vla_driver.nodes.compose import stop_executor
+    from vla_driver.nodes.convert import EgoState, rgb_to_image, state_to_odometry
+    from vla_driver.nodes.decision_node import DecisionNode
+
+    new_ckpt = build_random_checkpoint(tmp_path / "next", seed=1)
+    new_version = read_manifest(new_ckpt)["model_version"]
+    assert new_version != tiny_policy.model_version
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    driver = rclpy.create_node("hot_swap_driver", context=context)
+    node = DecisionNode(tiny_policy, context=context, parameter_overrides=[Parameter("backend", value="torch")])
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    for n in (driver, node):
+        executor.add_node(n)
+    received, lock = [], threading.Lock()
+    diagnostics = []
+
+    def on_decision(msg):
+        with lock:
+            received.append((time.monotonic(), json.loads(msg.data)["model_version"]))
+
+    driver.create_subscription(String, "decision", on_decision, 10)
+    driver.create_subscription(DiagnosticArray, "/diagnostics",
+                               lambda m: diagnostics.extend(s for s in m.status if "decision_node" in s.name), 10)
+    image_pub, odom_pub = driver.create_publisher(Image, "image", 5), driver.create_publisher(Odometry, "odom", 10)
+    rgb = np.random.default_rng(0).integers(0, 255, (128, 256, 3), dtype=np.uint8)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+
+    def drive_until(condition, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            stamp = driver.get_clock().now().nanoseconds * 1e-9
+            odom_pub.publish(state_to_odometry(EgoState(8.0, 0.0, 0.0, 0.0, 0.0, stamp)))
+            image_pub.publish(rgb_to_image(rgb, stamp))
+            time.sleep(0.05)
+            if condition():
+                return True
+        return False
+
+    def versions():
+        with lock:
+            return [v for _, v in received]
+
+    try:
+        assert drive_until(lambda: len(versions()) >= 3, 15.0), "no decisions before the swap"
+        client = AsyncParameterClient(driver, "decision_node")
+        assert client.wait_for_services(timeout_sec=5.0)
+        future = client.set_parameters([Parameter("checkpoint", value=str(new_ckpt))])
+        assert drive_until(lambda: future.done() and versions()[-1] == new_version, 30.0), "the new model never decided"
+        assert future.result().results[0].successful
+        drive_until(lambda: False, 1.5)
+        with lock:
+            times = np.array([t for t, _ in received])
+        seen = versions()
+        first_new = seen.index(new_version)
+        assert set(seen[:first_new]) == {tiny_policy.model_version} and set(seen[first_new:]) == {new_version}
+        assert np.diff(times).max() <= 2 * 1.0 / node.params.rate_hz + 0.1, "a gap of more than 2 cycles"
+        assert node.diagnostics.counters["swaps"] == 1
+        assert any(kv.key == "model_version" and kv.value == new_version for s in diagnostics[-3:] for kv in s.values)
+
+        bad = client.set_parameters([Parameter("checkpoint", value=str(tmp_path / "missing"))])
+        assert drive_until(lambda: bad.done() and any(s.level == DiagnosticStatus.ERROR and "not loaded" in s.message
+                                                      for s in list(diagnostics)), 15.0)
+        assert node.diagnostics.counters["swap_errors"] == 1
+        count = len(versions())
+        assert drive_until(lambda: len(versions()) >= count + 2, 5.0)
+        assert versions()[-1] == new_version and node.policy.model_version == new_version  # old policy kept
+    finally:
+        stop.set()
+        spinner.join(timeout=5.0)
+        stop_executor(executor)
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_refresh_cli_trains_a_new_checkpoint_from_a_recorded_bag(tiny_checkpoint, tmp_path, capsys):
+    from vla_driver.cli import main
+    from vla_driver.cli.replay import record_sim
+
+    bag = record_sim(tmp_path / "bags", "highway", seconds=5.0, policy="expert", seed=4, progress=False)
+    out = tmp_path / "refreshed"
+    code = main(["refresh", "--experience", str(bag), "--from", str(tiny_checkpoint), "--out", str(out),
+                 "--grpo-steps", "2", "--batch-size", "4", "--group-size", "2"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["bench"] == "refresh" and report["samples"] >= 2 and report["grpo_steps"] == 2
+    manifest = read_manifest(out)
+    assert manifest["lineage"]["kind"] == "grpo_refresh"
+    assert manifest["lineage"]["parent"] == read_manifest(tiny_checkpoint)["model_version"]
+    assert Path(str(out) + ".refresh.png").is_file()
+
+
+def test_ray_executor_without_ray_fails_with_a_clear_error(tiny_checkpoint):
+    import importlib.util
+
+    from vla_driver.rl.online import make_executor
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed here")
+    with pytest.raises(RuntimeError, match="--executor ray needs the 'ray' package"):
+        make_executor(tiny_checkpoint, TrainRLConfig(executor="ray"))

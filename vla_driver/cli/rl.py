@@ -1,0 +1,199 @@
+"""RL commands: ``refresh`` (offline, from bags), ``train-rl`` (online, in the simulator), ``gate``, ``promote``
+and ``bench rl-gain`` (SFT vs SFT+RL, closed loop)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
+
+
+def register(sub, bench_sub) -> None:
+    p = sub.add_parser("refresh", help="offline RL refresh of the decision adapter from logged experience bags")
+    p.add_argument("--experience", nargs="+", required=True, metavar="DIR", help="bag dirs / segment folders")
+    p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CHECKPOINT")
+    p.add_argument("--out", required=True, help="new checkpoint directory")
+    p.add_argument("--sft-steps", type=int, default=None, help="decision warm-up steps on derived labels")
+    p.add_argument("--grpo-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--beta-kl", type=float, default=None)
+    p.add_argument("--takeover-penalty", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=refresh_command)
+
+    p = sub.add_parser("train-rl", help="online GRPO in the simulator: closed-loop rollouts with branching")
+    p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--out", required=True, help="new checkpoint directory (curves in OUT.rl.png)")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="rollout processes / actors (0 = in this process)")
+    p.add_argument("--group", type=int, default=None, help="decisions drawn per branch point (G)")
+    p.add_argument("--executor", choices=("process", "ray"), default="process")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument("--episodes-per-iteration", type=int, default=None)
+    p.add_argument("--episode-seconds", type=float, default=None, help="length of a training episode")
+    p.add_argument("--scenarios", default=None, help=f"comma-separated (default {DEFAULT_SCENARIOS})")
+    p.add_argument("--branch-every", type=int, default=None, help="decision points between branch points")
+    p.add_argument("--horizon", type=float, default=None, help="seconds each branch holds its decision")
+    p.add_argument("--sparse-reward", action="store_true", help="MindDrive's -1/0/+1 instead of the dense reward")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
+    p.set_defaults(func=train_rl_command)
+
+    p = sub.add_parser("gate", help="should CANDIDATE replace CURRENT? closed-loop DS (+ replay accuracy)")
+    p.add_argument("current")
+    p.add_argument("candidate")
+    _add_eval_arguments(p)
+    p.add_argument("--replay", default=None, metavar="BAG", help="also require no planning-accuracy regression here")
+    p.add_argument("--tolerance", type=float, default=0.02, help="allowed DS drop (default 0.02)")
+    p.add_argument("--accuracy-tolerance", type=float, default=0.02, help="allowed replay accuracy drop")
+    p.add_argument("--report", default="", help="write the decision JSON here (for promote --gate-report)")
+    p.set_defaults(func=gate_command)
+
+    p = sub.add_parser("promote", help="install a checkpoint as the registry's current model (+ engines)")
+    p.add_argument("candidate")
+    p.add_argument("--registry", required=True, metavar="DIR")
+    p.add_argument("--gate-report", default="", help="gate decision JSON from `vla-driver gate --report`")
+    p.add_argument("--force", action="store_true", help="promote even though the gate report refused it")
+    p.add_argument("--precision", default="fp16", help="TensorRT engine precision (when TensorRT is here)")
+    p.set_defaults(func=promote_command)
+
+    b = bench_sub.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95% CI")
+    b.add_argument("--sft", required=True, metavar="CKPT")
+    b.add_argument("--rl", required=True, metavar="CKPT")
+    _add_eval_arguments(b)
+    b.set_defaults(func=rl_gain_command)
+
+
+def _add_eval_arguments(p) -> None:
+    p.add_argument("--episodes", type=int, default=5, help="held-out episodes per scenario")
+    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
+    p.add_argument("--backend", default="torch")
+
+
+def _scenarios(text: str) -> list[str]:
+    from ..sim.highway import SCENARIOS
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or not names:
+        raise SystemExit(f"unknown or no scenarios {unknown or text!r}; choose from {sorted(SCENARIOS)}")
+    return names
+
+
+def _checkpoint(path: str) -> str:
+    if not (Path(path) / "manifest.json").is_file():
+        raise SystemExit(f"{path} is not a checkpoint directory (no manifest.json)")
+    return path
+
+
+def _clean(value):
+    """JSON-safe: nan/inf -> None, floats rounded."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    return value
+
+
+def refresh_command(args) -> int:
+    from ..rl.refresh import RefreshConfig, refresh
+
+    cfg = RefreshConfig()
+    for name in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    for arg, name in (("group_size", "group_size"), ("lr", "lr"), ("beta_kl", "beta_kl"), ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            setattr(cfg.grpo, name, getattr(args, arg))
+    missing = [d for d in args.experience if not Path(d).exists()]
+    if missing:
+        raise SystemExit(f"experience not found: {missing}")
+    report = refresh(args.experience, _checkpoint(args.from_checkpoint), args.out, cfg)
+    print(json.dumps({"bench": "refresh", **_clean(report)}))
+    return 0
+
+
+def train_rl_command(args) -> int:
+    from ..rl.online import TrainRLConfig, train_rl
+
+    cfg = TrainRLConfig(executor=args.executor, ray_address=args.ray_address)
+    for arg, name in (("iterations", "iterations"), ("workers", "workers"), ("group", "group_size"),
+                      ("episodes_per_iteration", "episodes_per_iteration"), ("episode_seconds", "episode_s"),
+                      ("branch_every", "branch_every"), ("seed_offset", "seed_offset")):
+        if getattr(args, arg) is not None:
+            setattr(cfg, name, getattr(args, arg))
+    if args.scenarios:
+        cfg.scenarios = tuple(_scenarios(args.scenarios))
+    if args.horizon is not None:
+        cfg.reward.horizon_s = args.horizon
+    cfg.reward.sparse = args.sparse_reward
+    if args.lr is not None:
+        cfg.grpo.lr = args.lr
+    try:
+        cfg.validate()
+        report = train_rl(_checkpoint(args.from_checkpoint), args.out, cfg)
+    except (ValueError, RuntimeError) as e:
+        print(f"train-rl: {e}")
+        return 2
+    report.pop("iterations_detail")
+    print(json.dumps({"bench": "train_rl", **_clean(report)}))
+    return 0
+
+
+def gate_command(args) -> int:
+    from ..rl.gate import format_comparison, gate
+
+    decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay, _scenarios(args.scenarios),
+                    episodes=args.episodes, tolerance=args.tolerance, accuracy_tolerance=args.accuracy_tolerance,
+                    backend=args.backend, duration_s=args.duration)
+    print(format_comparison(decision.metrics["closed_loop"], ("current", "candidate")))
+    for reason in decision.reasons:
+        print(f"- {reason}")
+    print("PROMOTE" if decision.promote else "REFUSE")
+    if args.report:
+        Path(args.report).write_text(json.dumps(_clean(decision.to_dict()), indent=2))
+    return 0 if decision.promote else 1
+
+
+def promote_command(args) -> int:
+    from ..model.checkpoint import read_manifest
+    from ..rl.gate import promote
+
+    candidate = _checkpoint(args.candidate)
+    report = None
+    if args.gate_report:
+        report = json.loads(Path(args.gate_report).read_text())
+        gated = report.get("metrics", {}).get("closed_loop", {}).get("candidate")
+        version = read_manifest(candidate)["model_version"]
+        if gated != version:
+            raise SystemExit(f"gate report is about model {gated}, not {version}")
+        if not report.get("promote") and not args.force:
+            print("the gate refused this candidate: " + "; ".join(report.get("reasons", [])) + " (--force overrides)")
+            return 1
+    record = promote(candidate, args.registry, report, args.precision)
+    engine = record["engine"]
+    print(f"promoted {record['model_version']} (previous {record['previous']}) -> {record['path']}; "
+          f"engines: {'built' if engine['built'] else engine.get('skipped') or engine.get('error')}")
+    return 0
+
+
+def rl_gain_command(args) -> int:
+    from ..bench import emit
+    from ..rl.gate import compare_policies, format_comparison
+
+    comparison = compare_policies(_checkpoint(args.sft), _checkpoint(args.rl), _scenarios(args.scenarios),
+                                  episodes=args.episodes, backend=args.backend, duration_s=args.duration)
+    print(format_comparison(comparison, ("SFT", "SFT+RL")))
+    o = comparison["overall"]
+    emit({"bench": "rl_gain", "sft_driving_score": o["baseline"]["driving_score"],
+          "rl_driving_score": o["candidate"]["driving_score"], "sft_success_rate": o["baseline"]["success_rate"],
+          "rl_success_rate": o["candidate"]["success_rate"], "ds_diff": o["ds_diff"],
+          "ds_diff_ci95": None if math.isnan(o["ds_diff_ci95"]) else o["ds_diff_ci95"],
+          "episodes": o["baseline"]["episodes"]})
+    return 0

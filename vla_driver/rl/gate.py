@@ -1,0 +1,291 @@
+"""Promotion gate and model registry: a candidate replaces the current model only if it drives no worse.
+
+:func:`compare_policies` drives both checkpoints closed loop on the same held-out (scenario, seed) pairs
+(``sim.closed_loop.HELDOUT_SEEDS``; the simulator is deterministic, so the pairs differ only by the
+policy) and reports DS and SR per scenario and overall with 95 % t-intervals, plus the paired DS
+difference (candidate - baseline per pair) with its own interval, which is much tighter than comparing
+two independent means.
+
+:func:`gate` promotes only if (1) the candidate's mean DS >= the current mean DS - ``tolerance`` and
+(2) with a replay bag, the candidate's open-loop planning accuracy on it >= the current one's -
+``accuracy_tolerance``. The reasons list says what was measured and which rule decided.
+
+:func:`promote` copies a checkpoint into ``registry/<model_version>/``, points ``registry/current`` (a
+relative symlink, swapped atomically with rename) at it, builds TensorRT engines into it when TensorRT
+and a GPU are here (else says why not; the runtime then uses ONNX Runtime or torch), and appends one
+JSON line to ``registry/registry.jsonl`` (version, previous version, lineage, metrics, gate, engines).
+A node whose ``checkpoint`` parameter is ``registry/current`` picks the new model up when the parameter
+is set again (hot swap).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.metrics import EpisodeResult, mean_ci95
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCENARIOS = ("highway", "merge", "roundabout", "intersection")
+REGISTRY_LOG = "registry.jsonl"
+CURRENT = "current"
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ closed loop
+def run_policy(checkpoint, scenarios, seeds, backend: str = "torch", duration_s: float | None = None,
+               progress: bool = True) -> list[EpisodeResult]:
+    """Closed-loop episodes of one checkpoint: ``closed_loop.evaluate``'s loop (one policy, one simulator
+    per scenario, ``run_episode`` per seed), with an optional episode length for quick checks."""
+    from tqdm import tqdm
+
+    from ..runtime.policy import load_policy
+    from ..sim.closed_loop import run_episode
+    from ..sim.highway import DrivingSim
+
+    policy = load_policy(checkpoint, backend)
+    results = []
+    with tqdm(total=len(scenarios) * len(seeds), desc=f"closed-loop {policy.model_version}",
+              disable=not progress) as bar:
+        for scenario in scenarios:
+            sim = DrivingSim(scenario, seeds[0], duration_s=duration_s)
+            for seed in seeds:
+                result, _ = run_episode(policy, scenario, seed, sim=sim)
+                results.append(result)
+                bar.set_postfix(scenario=scenario, ds=f"{result.driving_score:.2f}")
+                bar.update(1)
+            sim.close()
+    return results
+
+
+def _side(results: list[EpisodeResult]) -> dict:
+    ds, ds_ci = mean_ci95(r.driving_score for r in results)
+    sr, sr_ci = mean_ci95(float(r.success) for r in results)
+    return {"episodes": len(results), "driving_score": ds, "ds_ci95": ds_ci, "success_rate": sr, "sr_ci95": sr_ci,
+            "route_completion": float(np.mean([r.route_completion for r in results]))}
+
+
+def _pair_stats(base: list[EpisodeResult], cand: list[EpisodeResult]) -> dict:
+    diff, diff_ci = mean_ci95(c.driving_score - b.driving_score for b, c in zip(base, cand, strict=True))
+    sr_diff, sr_diff_ci = mean_ci95(float(c.success) - float(b.success) for b, c in zip(base, cand, strict=True))
+    return {"baseline": _side(base), "candidate": _side(cand), "ds_diff": diff, "ds_diff_ci95": diff_ci,
+            "sr_diff": sr_diff, "sr_diff_ci95": sr_diff_ci}
+
+
+def compare_policies(baseline_ckpt, candidate_ckpt, scenarios=DEFAULT_SCENARIOS, seeds=None,
+                     backend: str = "torch", episodes: int = 5, duration_s: float | None = None,
+                     progress: bool = True) -> dict:
+    """Both checkpoints on the same held-out pairs; seeds default to the first ``episodes`` held-out seeds.
+
+    Returns {"baseline", "candidate" (model versions), "per_scenario": {name: stats}, "overall": stats,
+    "pairs": [...]}; stats = baseline/candidate DS, SR (mean, 95 % CI half-width), paired DS/SR difference.
+    """
+    from ..model.checkpoint import read_manifest
+    from ..sim.closed_loop import HELDOUT_SEEDS
+
+    scenarios = list(scenarios)
+    seeds = list(seeds) if seeds is not None else list(HELDOUT_SEEDS[:episodes])
+    if not scenarios or not seeds:
+        raise ValueError("compare_policies needs at least one scenario and one seed")
+    base = run_policy(baseline_ckpt, scenarios, seeds, backend, duration_s, progress)
+    cand = run_policy(candidate_ckpt, scenarios, seeds, backend, duration_s, progress)
+    per_scenario = {s: _pair_stats([r for r in base if r.scenario == s], [r for r in cand if r.scenario == s])
+                    for s in scenarios}
+    return {
+        "baseline": read_manifest(baseline_ckpt)["model_version"],
+        "candidate": read_manifest(candidate_ckpt)["model_version"],
+        "seeds": seeds, "duration_s": duration_s, "backend": backend,
+        "per_scenario": per_scenario, "overall": _pair_stats(base, cand),
+        "pairs": [{"scenario": b.scenario, "seed": b.seed, "baseline_ds": b.driving_score,
+                   "candidate_ds": c.driving_score, "baseline_termination": b.termination,
+                   "candidate_termination": c.termination} for b, c in zip(base, cand, strict=True)],
+    }
+
+
+def _pm(mean: float, half: float) -> str:
+    return f"{mean:.3f}" + ("" if math.isnan(half) else f" +- {half:.3f}")
+
+
+def format_comparison(comparison: dict, names: tuple[str, str] = ("baseline", "candidate")) -> str:
+    """A table: per scenario and overall, DS and SR of both with 95 % CI, and the paired DS difference."""
+    a, b = names
+    header = f"{'scenario':<14}{'n':>3}  {a + ' DS':<18}{b + ' DS':<18}{'paired diff':<18}{a + ' SR':<16}{b + ' SR':<16}"
+    lines = [header, "-" * len(header)]
+    rows = list(comparison["per_scenario"].items()) + [("overall", comparison["overall"])]
+    for name, s in rows:
+        base, cand = s["baseline"], s["candidate"]
+        lines.append(f"{name:<14}{base['episodes']:>3}  {_pm(base['driving_score'], base['ds_ci95']):<18}"
+                     f"{_pm(cand['driving_score'], cand['ds_ci95']):<18}{_pm(s['ds_diff'], s['ds_diff_ci95']):<18}"
+                     f"{_pm(base['success_rate'], base['sr_ci95']):<16}{_pm(cand['success_rate'], cand['sr_ci95']):<16}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ replay
+def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, progress: bool = False) -> dict:
+    """Open-loop planning accuracy of ``checkpoint`` on a logged bag.
+
+    Through ``experience.replay`` (lockstep through the real nodes) when that module is present; else
+    directly: the bag's samples, ``policy.decide`` on each, labels = the logged decisions or, without
+    them, the decision matching the future ego motion, scored by ``core.metrics.planning_metrics``.
+    """
+    try:
+        from ..experience.replay import replay_bag
+    except ImportError:
+        return _direct_accuracy(checkpoint, bag, backend, progress)
+    out = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
+    result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend, progress=progress)
+    return {"planning_accuracy": result.report.get("planning_accuracy"), "samples": result.report.get("samples"),
+            "via": "experience.replay", "report": str(out / "report.json")}
+
+
+def _direct_accuracy(checkpoint, bag, backend: str, progress: bool) -> dict:
+    from ..core.labels import label_from_future
+    from ..core.metrics import planning_metrics
+    from ..core.vocabulary import Decision
+    from ..experience.reader import read_samples
+    from ..runtime.policy import load_policy
+
+    policy = load_policy(checkpoint, backend)
+    vocab, spec = policy.vocab, policy.spec
+    samples = read_samples(bag, horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
+    preds, truths = [], []
+    for s in samples:
+        d = s.decision
+        logged = d is not None and d.speed in vocab.speeds and d.path in vocab.paths
+        truths.append(Decision(d.speed, d.path) if logged else label_from_future(s.future_motion, s.speed, vocab, spec))
+        preds.append(policy.decide(s.observation()).decision)
+    accuracy = planning_metrics(preds, truths, vocab)["accuracy"] if preds else None
+    return {"planning_accuracy": accuracy, "samples": len(preds), "via": "reader + policy.decide"}
+
+
+# ------------------------------------------------------------------------------------------ gate
+def gate(current, candidate, replay_bag=None, scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
+         tolerance: float = 0.02, accuracy_tolerance: float = 0.02, backend: str = "torch",
+         duration_s: float | None = None, work_dir=None, progress: bool = True) -> GateDecision:
+    """Promote ``candidate`` over ``current``? See the module docstring for the rules."""
+    comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress)
+    o = comparison["overall"]
+    cur, cand = o["baseline"], o["candidate"]
+    measured = (f"closed-loop DS {_pm(cand['driving_score'], cand['ds_ci95'])} vs current "
+                f"{_pm(cur['driving_score'], cur['ds_ci95'])}, paired difference {_pm(o['ds_diff'], o['ds_diff_ci95'])}"
+                f" over {cur['episodes']} episodes; SR {cand['success_rate']:.2f} vs {cur['success_rate']:.2f}")
+    reasons, promote = [], True
+    if not (math.isfinite(cand["driving_score"]) and math.isfinite(cur["driving_score"])):
+        promote = False
+        reasons.append(f"{measured}: no usable driving score")
+    elif cand["driving_score"] >= cur["driving_score"] - tolerance:
+        reasons.append(f"{measured}: not worse (tolerance {tolerance})")
+    else:
+        promote = False
+        reasons.append(f"{measured}: worse by {cur['driving_score'] - cand['driving_score']:.3f} "
+                       f"> tolerance {tolerance}")
+    metrics = {"closed_loop": comparison}
+    if replay_bag is not None:
+        work = Path(work_dir or tempfile.mkdtemp(prefix="gate_"))
+        acc_cur = replay_accuracy(current, replay_bag, backend, work / "replay_current")
+        acc_cand = replay_accuracy(candidate, replay_bag, backend, work / "replay_candidate")
+        metrics["replay"] = {"bag": str(replay_bag), "current": acc_cur, "candidate": acc_cand}
+        a, b = acc_cand["planning_accuracy"], acc_cur["planning_accuracy"]
+        if a is None or b is None:
+            promote = False
+            reasons.append(f"replay of {replay_bag} gave no planning accuracy ({acc_cand['samples']} samples)")
+        elif a >= b - accuracy_tolerance:
+            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f}: no regression "
+                           f"(tolerance {accuracy_tolerance})")
+        else:
+            promote = False
+            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f}: regressed by {b - a:.3f} "
+                           f"> tolerance {accuracy_tolerance}")
+    return GateDecision(promote, reasons, metrics)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def current_version(registry_dir) -> str | None:
+    """The model version ``registry/current`` points at, or None for an empty registry."""
+    link = Path(registry_dir) / CURRENT
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def _point_current(registry: Path, version: str) -> None:
+    tmp = registry / f".{CURRENT}.{os.getpid()}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(version, tmp)  # relative: the registry can move as a whole
+    os.replace(tmp, registry / CURRENT)  # rename(2): readers see the old or the new target, never none
+
+
+def _build_engines(checkpoint: Path, precision: str) -> dict:
+    from ..runtime.tensorrt_backend import tensorrt_available
+
+    ok, why = tensorrt_available()
+    if not ok:
+        return {"built": False, "skipped": f"TensorRT engine build skipped: {why}"}
+    from ..model.checkpoint import sha256_file
+    from ..runtime.policy import ensure_exported
+    from ..runtime.tensorrt_backend import build_engine
+
+    try:
+        specs = ensure_exported(checkpoint, sha256_file(checkpoint / "manifest.json"))
+        engines = checkpoint / "engines"
+        engines.mkdir(exist_ok=True)
+        paths = [str(build_engine(checkpoint / "onnx" / s.onnx_file, engines, s, precision).relative_to(checkpoint))
+                 for s in specs.values()]
+    except Exception as e:  # the runtime falls back to ONNX Runtime / torch, so promotion still stands
+        log.error("engine build failed for %s: %s", checkpoint, e)
+        return {"built": False, "error": f"{type(e).__name__}: {e}", "tensorrt": why}
+    return {"built": True, "engines": paths, "precision": precision, "tensorrt": why}
+
+
+def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None = None,
+            precision: str = "fp16") -> dict:
+    """Install ``candidate`` as the registry's current model; returns the registry log record."""
+    from ..model.checkpoint import verify_checkpoint
+
+    candidate = Path(candidate)
+    manifest = verify_checkpoint(candidate)
+    version = manifest["model_version"]
+    registry = Path(registry_dir)
+    registry.mkdir(parents=True, exist_ok=True)
+    dest = registry / version
+    if not dest.exists():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=registry))
+        try:
+            shutil.copytree(candidate, tmp, dirs_exist_ok=True, symlinks=False)
+            tmp.chmod(0o755)  # mkdtemp makes it private; nodes may run as another user
+            verify_checkpoint(tmp)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    previous = current_version(registry)
+    engine = _build_engines(dest, precision)
+    _point_current(registry, version)
+    if isinstance(gate_decision, GateDecision):
+        gate_decision = gate_decision.to_dict()
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_version": version, "previous": previous,
+        "source": str(candidate.resolve()), "path": str(dest), "lineage": manifest.get("lineage", {}),
+        "metrics": manifest.get("metrics", {}), "gate": gate_decision, "engine": engine,
+    }
+    with open(registry / REGISTRY_LOG, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return record
