@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .sim import _scenarios
+
 DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
 
@@ -72,16 +74,6 @@ def _add_eval_arguments(p) -> None:
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
     p.add_argument("--backend", default="torch")
-
-
-def _scenarios(text: str) -> list[str]:
-    from ..sim.highway import SCENARIOS
-
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SCENARIOS]
-    if unknown or not names:
-        raise SystemExit(f"unknown or no scenarios {unknown or text!r}; choose from {sorted(SCENARIOS)}")
-    return names
 
 
 def _checkpoint(path: str) -> str:

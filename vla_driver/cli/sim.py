@@ -16,6 +16,8 @@ def register(sub, bench_sub) -> None:
         parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
         parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
         parser.add_argument("--json-out", default="", help="also write every episode result to this JSON file")
+        parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
+                            help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
         parser.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("record-expert", help="record expert driving into an SFT dataset (npz shards)")
@@ -63,6 +65,13 @@ def _number(x: float) -> float | None:
 def evaluate_command(args) -> int:
     from ..core.metrics import format_table, summarize
     from ..sim.closed_loop import HELDOUT_SEEDS, evaluate, run_episode
+
+    if args.compare:
+        from .rl import rl_gain_command
+
+        args.sft, args.rl = args.compare
+        args.duration, args.backend = None, "torch"
+        return rl_gain_command(args)
 
     scenarios = _scenarios(args.scenarios)
     if args.episodes < 1:
