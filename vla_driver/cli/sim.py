@@ -27,6 +27,9 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--seed-offset", type=int, default=0)
     p.add_argument("--perturb", type=float, default=0.05, help="DAgger-lite perturbation probability per decision")
     p.add_argument("--frame-hz", type=float, default=2.0)
+    p.add_argument("--driver", default="", metavar="CKPT",
+                   help="DAgger: this policy drives and the expert labels the states it visits")
+    p.add_argument("--expert-share", type=float, default=0.3, help="DAgger: share of decision periods the expert drives")
     p.set_defaults(func=record_command)
 
 
@@ -112,6 +115,12 @@ def record_command(args) -> int:
 
     scenarios = _scenarios(args.scenarios)
     seeds = list(TRAIN_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
-    meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb)
+    driver = None
+    if args.driver:
+        from ..runtime.policy import load_policy
+
+        driver = load_policy(args.driver, backend="auto")
+    meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb,
+                                 driver=driver, expert_share=args.expert_share)
     print(json.dumps({"dataset": args.out, "samples": meta["samples"], "shards": len(meta["shards"])}))
     return 0

@@ -8,8 +8,9 @@ from pathlib import Path
 def register(sub, bench_sub) -> None:
     p = sub.add_parser("train-sft", help="record expert driving in the simulator and train the policy by imitation")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--data", default="runs/sft_data",
-                   help="dataset dir (record-expert format); expert driving is recorded there first if it is empty")
+    p.add_argument("--data", nargs="+", default=["runs/sft_data"],
+                   help="dataset dir(s) (record-expert format); expert driving is recorded into the first one "
+                        "if it is empty")
     p.add_argument("--scenarios", default="highway,merge,roundabout,intersection")
     p.add_argument("--episodes", type=int, default=24, help="expert episodes per scenario when recording")
     p.add_argument("--from-checkpoint", default="", help="start from this checkpoint instead of a fresh model")
@@ -39,14 +40,14 @@ def train_sft(args) -> int:
     for field in ("action_steps", "decision_steps", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
-    data = Path(args.data)
+    data = Path(args.data[0])
     if not any(data.glob("*.npz")):
         scenarios = [s for s in args.scenarios.split(",") if s]
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown:
             raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
         record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]))
-    report = run(data, args.out, args.from_checkpoint or None, cfg)
+    report = run(args.data, args.out, args.from_checkpoint or None, cfg)
     print(json.dumps({"bench": "sft", **report}))
     return 0
 

@@ -170,19 +170,31 @@ def save_curves(history: dict[str, list[float]], path: str | Path, xlabel: str =
     return Path(path)
 
 
-def train_sft(data_dir: str | Path, out_dir: str | Path, base_checkpoint: str | None = None,
-              cfg: SFTConfig | None = None, model_cfg=None, progress: bool = True) -> dict:
-    """Dataset dir -> trained checkpoint (+ loss curves PNG, + training report in the manifest)."""
-    from ..model.build import build_model
-    from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
+
+
+def load_training_data(data_dirs) -> dict:
+    """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses."""
     from ..sim.dataset import load_dataset
 
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    parts = [load_dataset(d) for d in dirs]
+    return {k: np.concatenate([p[k] for p in parts]) for k in TRAINING_KEYS}
+
+
+def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
+              cfg: SFTConfig | None = None, model_cfg=None, progress: bool = True) -> dict:
+    """Dataset dir(s) -> trained checkpoint (+ loss curves PNG, + training report in the manifest)."""
+    from ..model.build import build_model
+    from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+
     cfg = cfg or SFTConfig()
-    data = load_dataset(data_dir)
+    data = load_training_data(data_dir)
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
     trainer = SFTTrainer(model, data, cfg)
     report = trainer.train(progress)
-    data_hashes = {p.name: sha256_file(p) for p in sorted(Path(data_dir).glob("*.npz"))}
+    data_hashes = {f"{Path(d).name}/{p.name}": sha256_file(p) for d in dirs for p in sorted(Path(d).glob("*.npz"))}
     lineage = {"kind": "sft", "parent": getattr(model, "model_version", None), "data": data_hashes,
                "sft_config": asdict(cfg), "samples": int(len(data["speed"]))}
     save_checkpoint(model, out_dir, lineage=lineage, metrics={"sft": report})

@@ -89,6 +89,38 @@ def _record_episode(sim: DrivingSim, expert: ExpertPolicy, seed: int, spec: Traj
     return samples
 
 
+def _record_dagger_episode(sim: DrivingSim, expert: ExpertPolicy, driver, seed: int, frame_hz: float,
+                           expert_share: float, rng: np.random.Generator) -> list[dict]:
+    """DAgger: ``driver`` (a trained policy) drives, the expert labels every visited state with its decision and
+    its planned trajectory, so the data covers the states the policy gets itself into. Control switches to
+    the expert for a decision period with probability ``expert_share``, which keeps episodes going."""
+    sim.reset(seed)
+    expert.attach(sim)
+    controller = PurePursuitPID()
+    period = 1.0 / frame_hz
+    next_decision, samples = 0.0, []
+    driver_decision = expert_in_control = None
+    while not sim.done:
+        now = sim.time
+        obs = sim.observation()
+        if driver_decision is None or now >= next_decision - 1e-6:
+            label = expert.decide(obs, think=True).decision
+            samples.append({"image": obs.image, "speed": obs.speed, "accel": obs.accel, "yaw_rate": obs.yaw_rate,
+                            "navigation": obs.navigation, "decision": label, "time": now,
+                            "future": expert.plan(None, label).poses.astype(np.float32),
+                            "recovering": not bool(expert_in_control)})
+            expert_in_control = rng.random() < expert_share
+            driver_decision = label if expert_in_control else driver.decide(obs).decision
+            next_decision = now + period
+        if expert_in_control:
+            traj = expert.plan(None, driver_decision)
+        else:
+            traj = driver.plan(obs, driver_decision)
+        speed_cmd, yaw_rate = controller.command(traj, obs.speed, sim.dt)
+        sim.step(speed_cmd, yaw_rate)
+    return samples
+
+
 def _write_shard(path: Path, samples: list[dict], vocab: DecisionVocabulary, seed: int, scenario: str) -> None:
     def text(values):
         width = max(1, max(len(v) for v in values))
@@ -114,9 +146,11 @@ def _write_shard(path: Path, samples: list[dict], vocab: DecisionVocabulary, see
 
 def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary | None = None,
                           spec: TrajectorySpec = TrajectorySpec(), image_size=(128, 256), frame_hz: float = 2.0,
-                          perturb_prob: float = 0.05, progress: bool = True) -> dict:
+                          perturb_prob: float = 0.05, progress: bool = True, driver=None,
+                          expert_share: float = 0.3) -> dict:
     """Drive the expert on every (scenario, seed) and write one shard per episode into ``out_dir``;
-    returns the manifest (also written as ``meta.json``)."""
+    returns the manifest (also written as ``meta.json``). With ``driver`` (a policy), record DAgger data
+    instead: the policy drives and the expert labels (see ``_record_dagger_episode``)."""
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -130,7 +164,10 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
             sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size)
             expert = ExpertPolicy(sim, vocab, spec, decision_hz=frame_hz)
             for seed in seeds:
-                samples = _record_episode(sim, expert, seed, spec, frame_hz, perturb_prob, rng)
+                if driver is None:
+                    samples = _record_episode(sim, expert, seed, spec, frame_hz, perturb_prob, rng)
+                else:
+                    samples = _record_dagger_episode(sim, expert, driver, seed, frame_hz, expert_share, rng)
                 if samples:
                     name = f"{scenario}_{seed:06d}.npz"
                     _write_shard(out / name, samples, vocab, seed, scenario)
@@ -141,7 +178,8 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
             sim.close()
     meta = {"format": "vla_driver.expert_dataset/1", "vocabulary": vocab.to_dict(), "trajectory": spec.to_dict(),
             "image_size": list(image_size), "frame_hz": frame_hz, "perturb_prob": perturb_prob,
-            "scenarios": scenarios, "seeds": seeds, "samples": total, "shards": shards}
+            "scenarios": scenarios, "seeds": seeds, "samples": total, "shards": shards,
+            "driver": getattr(driver, "model_version", None), "expert_share": expert_share if driver else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
