@@ -162,3 +162,11 @@ def test_prompt_carries_speed_and_navigation(tiny_policy):
     obs = Observation(np.zeros((64, 128, 3), np.uint8), 7.25, "Take the second exit at the roundabout in 30m")
     text = tiny_policy.model.tokenizer.decode(tiny_policy.encoder.prompt_ids(obs))
     assert "7.2 m/s" in text and "second exit" in text
+
+
+def test_embedded_default_checkpoint_is_intact_and_trained():
+    from vla_driver.runtime.policy import DEFAULT_CHECKPOINT
+
+    manifest = verify_checkpoint(DEFAULT_CHECKPOINT)
+    assert manifest["lineage"]["kind"] == "sft" and manifest["lineage"]["samples"] > 1000
+    assert set(manifest["adapters"]) == {"decision", "action"}

@@ -2,6 +2,7 @@
 decisions (initialised from the action adapter), each with only its own adapter trainable."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -192,6 +193,8 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
     data = load_training_data(data_dir)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
+    if base_checkpoint:  # fine-tuning: keep the decision adapter that was already trained
+        cfg = dataclasses.replace(cfg, init_decision_from_action=False)
     trainer = SFTTrainer(model, data, cfg)
     report = trainer.train(progress)
     data_hashes = {f"{Path(d).name}/{p.name}": sha256_file(p) for d in dirs for p in sorted(Path(d).glob("*.npz"))}
