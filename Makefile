@@ -20,7 +20,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check vla_driver test launch trt bench setup.py
+	$(BIN)/ruff check vla_driver test launch trt setup.py
 
 test: setup lint
 	$(BIN)/python -m pytest -q test
