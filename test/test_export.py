@@ -83,3 +83,15 @@ def test_graphs_of_another_checkpoint_are_reexported(exported, tiny_checkpoint, 
     specs = load_graph_specs(other / "onnx" / SPEC_FILE)
     stale = load_graph_specs(exported / "onnx" / SPEC_FILE)
     assert specs[0].checkpoint_sha256 != stale[0].checkpoint_sha256
+
+
+def test_graphs_accept_other_camera_sizes(exported):
+    """A CARLA-sized frame (600x800) runs through the exported graph like through torch."""
+    from vla_driver.core.types import Observation
+
+    rng = np.random.default_rng(5)
+    obs = Observation(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8), 9.0, "Turn right in 30m")
+    ort_policy = load_policy(exported, backend="onnxruntime")
+    torch_policy = load_policy(exported, backend="torch")
+    assert ort_policy.backend_name == "onnxruntime"
+    np.testing.assert_allclose(ort_policy.decision_table([obs]), torch_policy.decision_table([obs]), atol=1e-4)

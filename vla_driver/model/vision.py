@@ -11,9 +11,8 @@ from .config import VisionConfig
 def preprocess_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 (B, H, W, 3) RGB -> float (B, 3, height, width) in [0, 1]; the exported graphs start here too."""
     x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    return x
+    # Always resize (identity at the model's own size) so exported graphs accept any camera resolution.
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
 
 
 class ConvVisionEncoder(nn.Module):
