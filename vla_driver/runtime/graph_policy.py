@@ -9,7 +9,7 @@ import numpy as np
 from ..core.trajectory import KinematicLimits, Trajectory
 from ..core.types import DecisionResult, Observation
 from ..core.vocabulary import Decision, DecisionVocabulary
-from .policy import make_result, select_mode
+from .policy import make_result, reasoning_from_ids, select_mode
 
 
 class GraphPolicy:
@@ -91,9 +91,7 @@ class GraphPolicy:
         close_id = tok.convert_tokens_to_ids("</think>")
         prompt = enc.prompt_ids(obs) + enc.ids("<think>")
         out = self.generate_ids(obs, prompt, self.max_reasoning_tokens, {close_id, tok.eos_token_id}, sample, rng)
-        words = set(tok.convert_tokens_to_ids(list(self.vocab.speeds)))
-        thought = [t for t in out if t not in set(tok.all_special_ids) | {close_id} and t not in words]
-        text = tok.decode(thought).replace("<answer>", "").replace("</answer>", "").strip()
+        text = reasoning_from_ids(tok, out, self.vocab)
         return text, prompt + enc.ids(text) + enc.ids("</think><answer>")
 
     def trajectory_modes(self, observations: list[Observation], decisions: list[Decision]) -> np.ndarray:

@@ -71,9 +71,7 @@ class TorchPolicy:
             inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_reasoning_tokens,
             do_sample=sample, eos_token_id=[close_id, tok.eos_token_id], pad_token_id=tok.pad_token_id,
         )[0].tolist()
-        special = set(tok.all_special_ids) | {close_id}
-        thought = [t for t in out if t not in special and t not in model.speed_ids.tolist()]
-        text = tok.decode(thought).replace("<answer>", "").replace("</answer>", "").strip()
+        text = reasoning_from_ids(tok, out, self.vocab)
         row = prompt + enc.ids(text) + enc.ids("</think><answer>")
         return text, row
 
@@ -88,6 +86,15 @@ class TorchPolicy:
     def plan(self, obs: Observation, decision: Decision) -> Trajectory:
         modes = self.trajectory_modes([obs], [decision])[0]
         return select_mode(modes, decision, self, obs.speed)
+
+
+def reasoning_from_ids(tokenizer, generated: list[int], vocab) -> str:
+    """The reasoning text of generated ids: control tokens, answer tags and speed words dropped, so the
+    forced answer that follows stays the only decision in the prompt (shared by every backend)."""
+    close_id = tokenizer.convert_tokens_to_ids("</think>")
+    dropped = set(tokenizer.all_special_ids) | {close_id} | set(tokenizer.convert_tokens_to_ids(list(vocab.speeds)))
+    text = tokenizer.decode([t for t in generated if t not in dropped])
+    return text.replace("<answer>", "").replace("</answer>", "").strip()
 
 
 def select_mode(modes: np.ndarray, decision: Decision, policy, speed: float) -> Trajectory:
