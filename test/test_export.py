@@ -85,6 +85,30 @@ def test_graphs_of_another_checkpoint_are_reexported(exported, tiny_checkpoint, 
     assert specs[0].checkpoint_sha256 != stale[0].checkpoint_sha256
 
 
+def test_graphs_from_another_exporter_are_reexported_and_current_ones_reused(exported, tmp_path):
+    import json
+
+    from vla_driver.model.checkpoint import sha256_file
+    from vla_driver.runtime.export import exporter_id
+    from vla_driver.runtime.policy import ensure_exported
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(exported, ckpt)
+    spec_file = ckpt / "onnx" / SPEC_FILE
+    ckpt_sha = sha256_file(ckpt / "manifest.json")
+    before = spec_file.stat().st_mtime_ns
+    assert all(s.exporter == exporter_id() for s in ensure_exported(ckpt, ckpt_sha).values())
+    assert spec_file.stat().st_mtime_ns == before  # same checkpoint, same exporter: reused as is
+
+    data = json.loads(spec_file.read_text())
+    for graph in data["graphs"]:
+        graph["exporter"] = "graphs-1/vla_driver-0.0.9/torch-2.0"  # same weights, older exporter code
+    spec_file.write_text(json.dumps(data))
+    specs = ensure_exported(ckpt, ckpt_sha)
+    assert all(s.exporter == exporter_id() for s in specs.values())
+    assert all(s.exporter == exporter_id() for s in load_graph_specs(spec_file))
+
+
 def test_graphs_accept_other_camera_sizes(exported):
     """A CARLA-sized frame (600x800) runs through the exported graph like through torch."""
     from vla_driver.core.types import Observation

@@ -26,6 +26,14 @@ from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
 log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
+GRAPH_FORMAT = 2  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph)
+
+
+def exporter_id() -> str:
+    """Who wrote a graph: graph format, package and torch versions. Graphs from another exporter are re-made."""
+    from .. import __version__
+
+    return f"graphs-{GRAPH_FORMAT}/vla_driver-{__version__}/torch-{torch.__version__}"
 
 
 class DecisionScorer(nn.Module):
@@ -144,6 +152,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
         log.info("exported %s in %.1f s", name, time.perf_counter() - start)
     specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
                              max_batch, max_seq, img_inputs, img_profiles)
+    for spec in specs:
+        spec.exporter = exporter_id()
     save_graph_specs(specs, out_dir / SPEC_FILE)
     return specs
 
@@ -234,10 +244,15 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     ort = graph_policy(runners, specs, onnx_dir, manifest, "onnxruntime", checkpoint_dir)
     ref = TorchPolicy(load_checkpoint(checkpoint_dir))
     frames = observations_for(frames)
-    agree, n, max_prob, max_traj = 0, 0, 0.0, 0.0
-    for obs in tqdm(frames, desc="parity", disable=not progress):
+    agree, n, max_prob, max_traj, min_margin, flips = 0, 0, 0.0, 0.0, 1.0, []
+    for i, obs in enumerate(tqdm(frames, desc="parity", disable=not progress)):
         a, b = ref.decision_table([obs])[0], ort.decision_table([obs])[0]
         da, db = int(a.argmax()), int(b.argmax())
+        top2 = np.sort(np.exp(a).ravel())[-2:]
+        margin = float(top2[1] - top2[0])  # how close the frame was to a tie: flips can only happen near 0
+        min_margin = min(min_margin, margin)
+        if da != db:
+            flips.append({"frame": i, "top2_margin": margin})
         agree += da == db
         n += 1
         max_prob = max(max_prob, float(np.abs(np.exp(a) - np.exp(b)).max()))
@@ -258,7 +273,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     got = ort.generate_ids(obs, prompt, generate_tokens, stop_ids=set())
     report = {"frames": n, "decision_agreement": agree / max(n, 1), "max_prob_diff": max_prob,
               "max_traj_diff_m": max_traj, "generate_token_identical": got == expected,
-              "generated_tokens": len(got)}
+              "generated_tokens": len(got), "min_top2_margin": min_margin, "disagreements": flips}
     report["ok"] = bool(report["decision_agreement"] == 1.0 and max_traj <= 1e-3 and report["generate_token_identical"])
     return report
 

@@ -67,6 +67,7 @@ class GraphSpec:
 
     ``onnx_file`` is relative to the directory of the spec file (or absolute). ``checkpoint_sha256`` and
     ``adapter`` name the weights the graph was exported from; they go into every engine key built from it.
+    ``exporter`` names the code that wrote the graph, so graphs from older exporter code are not reused.
     """
 
     name: str
@@ -77,6 +78,7 @@ class GraphSpec:
     onnx_sha256: str = ""
     checkpoint_sha256: str = ""
     adapter: str = ""
+    exporter: str = ""
 
     def __post_init__(self) -> None:
         self.profiles = {k: _shape_triplet(v) for k, v in self.profiles.items()}
@@ -150,6 +152,7 @@ class GraphSpec:
             "onnx_sha256": self.onnx_sha256,
             "checkpoint_sha256": self.checkpoint_sha256,
             "adapter": self.adapter,
+            "exporter": self.exporter,
             "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "profiles": {k: [list(s) for s in v] for k, v in self.profiles.items()},
@@ -167,6 +170,7 @@ class GraphSpec:
                 onnx_sha256=str(data.get("onnx_sha256", "")),
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 adapter=str(data.get("adapter", "")),
+                exporter=str(data.get("exporter", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a valid graph spec ({type(exc).__name__}: {exc})") from exc

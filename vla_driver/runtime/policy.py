@@ -166,16 +166,18 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
 
 
 def ensure_exported(path: Path, checkpoint_sha: str) -> dict:
-    """Graphs for this exact checkpoint: reuse ``<ckpt>/onnx`` when its specs name this checkpoint's hash."""
-    from .export import SPEC_FILE, export_checkpoint
+    """Graphs for this exact checkpoint and exporter: reuse ``<ckpt>/onnx`` when its specs name both."""
+    from .export import SPEC_FILE, export_checkpoint, exporter_id
     from .graph_spec import load_graph_specs
 
     spec_file = path / "onnx" / SPEC_FILE
     if spec_file.is_file():
         specs = {s.name: s for s in load_graph_specs(spec_file)}
-        if all(s.checkpoint_sha256 == checkpoint_sha for s in specs.values()):
+        stale = [f"{s.name} ({'checkpoint' if s.checkpoint_sha256 != checkpoint_sha else 'exporter ' + repr(s.exporter)})"
+                 for s in specs.values() if s.checkpoint_sha256 != checkpoint_sha or s.exporter != exporter_id()]
+        if not stale:
             return specs
-        log.warning("ONNX graphs in %s belong to another checkpoint; re-exporting", spec_file.parent)
+        log.warning("ONNX graphs in %s are stale (%s); re-exporting", spec_file.parent, ", ".join(stale))
     log.info("exporting ONNX graphs to %s", path / "onnx")
     return {s.name: s for s in export_checkpoint(path, path / "onnx")}
 
