@@ -1,6 +1,7 @@
 """Imitation end to end on a tiny scale: DAgger recording with the expert as labeller, SFT that learns."""
 import numpy as np
 import pytest
+import torch
 
 from vla_driver.core.trajectory import TrajectorySpec
 from vla_driver.sim.dataset import _record_dagger_episode, _write_shard, load_dataset
@@ -51,3 +52,38 @@ def test_sft_fits_the_data_and_trains_both_adapters(dagger_dir, tmp_path):
               for d in decisions_from(data, idx)]
     label_prob = np.mean([table[i, s, p] for i, (s, p) in enumerate(labels)])
     assert label_prob > 0.3  # uniform over the 20 candidates would be 0.05
+
+
+def _base_weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+
+
+def test_from_scratch_base_trains_in_phase_one_only_and_fine_tunes_keep_it(dagger_dir, tmp_path):
+    """A from-scratch base has no pretraining, so phase 1 trains it; the decision phase and fine-tunes do not."""
+    import dataclasses
+
+    from vla_driver.model.build import build_model
+    from vla_driver.model.checkpoint import load_checkpoint
+    from vla_driver.rl.sft import SFTConfig, SFTTrainer, load_training_data, train_sft
+
+    data = load_training_data([dagger_dir])
+    model = build_model(None, seed=0)
+    initial = _base_weights(model)
+    trainer = SFTTrainer(model, data, SFTConfig(action_steps=4, decision_steps=0, batch_size=4, threads=2,
+                                                base_decision_every=2))
+    trainer.train(progress=False)
+    after_phase1 = _base_weights(model)
+    assert any(not torch.equal(initial[n], after_phase1[n]) for n in initial)
+    assert all(not p.requires_grad for p in model.parameters())  # frozen again after training
+
+    decision_only = dataclasses.replace(trainer.cfg, action_steps=0, decision_steps=4)
+    SFTTrainer(model, data, decision_only).train(progress=False)
+    assert all(torch.equal(after_phase1[n], w) for n, w in _base_weights(model).items())
+
+    train_sft([dagger_dir], tmp_path / "first", cfg=SFTConfig(action_steps=2, decision_steps=2, batch_size=4),
+              progress=False)
+    parent = _base_weights(load_checkpoint(tmp_path / "first"))
+    train_sft([dagger_dir], tmp_path / "tuned", base_checkpoint=tmp_path / "first",
+              cfg=SFTConfig(action_steps=3, decision_steps=2, batch_size=4), progress=False)
+    tuned = _base_weights(load_checkpoint(tmp_path / "tuned"))
+    assert all(torch.equal(parent[n], tuned[n]) for n in parent)

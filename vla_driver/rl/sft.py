@@ -29,6 +29,9 @@ class SFTConfig:
     batch_size: int = 32
     lr_modules: float = 1e-3  # vision encoder, ego projection, trajectory head
     lr_lora: float = 1e-3
+    train_base: bool = True  # a from-scratch base LLM has no pretraining: phase 1 trains it (off for fine-tunes)
+    lr_base: float = 5e-4
+    base_decision_every: int = 2  # with train_base: every N-th phase-1 step also fits decisions (0: never)
     weight_decay: float = 0.01
     all_modes_weight: float = 0.1  # weak supervision of the non-selected speed modes toward the truth
     label_smoothing: float = 0.05
@@ -72,10 +75,15 @@ class SFTTrainer:
         for _ in range(steps):
             yield self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False)
 
-    def _optimizer(self, adapter: str, with_modules: bool):
+    def _optimizer(self, adapter: str, with_modules: bool, with_base: bool = False):
         self.model.select_adapter(adapter)
         lora = [p for n, p in self.model.llm.named_parameters() if p.requires_grad and f".{adapter}." in n]
         groups = [{"params": lora, "lr": self.cfg.lr_lora}]
+        base = [p for n, p in self.model.llm.named_parameters() if "lora_" not in n]
+        for p in base:
+            p.requires_grad_(with_base)
+        if with_base:
+            groups.append({"params": base, "lr": self.cfg.lr_base})
         modules = [p for m in (self.model.vision, self.model.ego_proj, self.model.traj_head) for p in m.parameters()]
         for p in modules:
             p.requires_grad_(with_modules)
@@ -127,8 +135,18 @@ class SFTTrainer:
         torch.set_num_threads(self.cfg.threads)
         self.model.train()
         start = time.time()
-        opt = self._optimizer("action", with_modules=True)
-        self._phase("action", self.cfg.action_steps, opt, lambda idx: (self.action_loss(idx), {}), progress)
+        opt = self._optimizer("action", with_modules=True, with_base=self.cfg.train_base)
+        every = self.cfg.base_decision_every if self.cfg.train_base else 0
+        step = iter(range(self.cfg.action_steps))
+
+        def action_step(idx):
+            """Trajectories; with a trainable base also, now and then, decisions (the base serves both experts)."""
+            action = self.action_loss(idx)
+            if every and next(step) % every == every - 1:
+                return action + self.decision_loss(idx)[0], {"action_loss": action.item()}
+            return action, {}
+
+        self._phase("action", self.cfg.action_steps, opt, action_step, progress)
         if self.cfg.init_decision_from_action:
             copy_adapter(self.model.llm, "action", "decision")
 
@@ -193,8 +211,10 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
     data = load_training_data(data_dir)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
-    if base_checkpoint:  # fine-tuning: keep the decision adapter that was already trained
-        cfg = dataclasses.replace(cfg, init_decision_from_action=False)
+    if base_checkpoint:  # fine-tuning: keep the decision adapter (and the base it was trained on)
+        cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
+    elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn
+        cfg = dataclasses.replace(cfg, train_base=False)
     trainer = SFTTrainer(model, data, cfg)
     report = trainer.train(progress)
     data_hashes = {f"{Path(d).name}/{p.name}": sha256_file(p) for d in dirs for p in sorted(Path(d).glob("*.npz"))}
