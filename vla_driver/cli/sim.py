@@ -18,6 +18,7 @@ def register(sub, bench_sub) -> None:
         parser.add_argument("--json-out", default="", help="also write every episode result to this JSON file")
         parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
                             help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
+        _add_runtime_arguments(parser, default_backend="torch")
         parser.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("record-expert", help="record expert driving into an SFT dataset (npz shards)")
@@ -30,7 +31,15 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--driver", default="", metavar="CKPT",
                    help="DAgger: this policy drives and the expert labels the states it visits")
     p.add_argument("--expert-share", type=float, default=0.3, help="DAgger: share of decision periods the expert drives")
+    _add_runtime_arguments(p, default_backend="auto")
     p.set_defaults(func=record_command)
+
+
+def _add_runtime_arguments(parser, default_backend: str) -> None:
+    parser.add_argument("--backend", default=default_backend, choices=("auto", "torch", "onnxruntime"),
+                        help="inference backend of the checkpoint policy")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads (use 1 when other jobs share the cores)")
 
 
 def _scenarios(text: str) -> list[str]:
@@ -43,7 +52,7 @@ def _scenarios(text: str) -> list[str]:
     return names
 
 
-def _policy_factory(spec: str):
+def _policy_factory(spec: str, backend: str = "torch", threads: int = 2):
     if spec == "expert":
         from ..sim.expert import ExpertPolicy
 
@@ -56,7 +65,7 @@ def _policy_factory(spec: str):
     def load():
         from ..runtime.policy import load_policy
 
-        return load_policy(spec, backend="torch")
+        return load_policy(spec, backend=backend, threads=threads)
 
     return load
 
@@ -73,14 +82,14 @@ def evaluate_command(args) -> int:
         from .rl import rl_gain_command
 
         args.sft, args.rl = args.compare
-        args.duration, args.backend = None, "torch"
+        args.duration = None
         return rl_gain_command(args)
 
     scenarios = _scenarios(args.scenarios)
     if args.episodes < 1:
         raise SystemExit("--episodes must be at least 1")
     seeds = list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
-    factory = _policy_factory(args.policy)
+    factory = _policy_factory(args.policy, args.backend, args.threads)
     results = evaluate(factory, scenarios, seeds)
     summary = summarize(results)
     print(f"policy: {args.policy}  seeds: {seeds[0]}..{seeds[-1]}  (95% CI: Student t over episodes)")
@@ -119,7 +128,7 @@ def record_command(args) -> int:
     if args.driver:
         from ..runtime.policy import load_policy
 
-        driver = load_policy(args.driver, backend="auto")
+        driver = load_policy(args.driver, backend=args.backend, threads=args.threads)
     meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb,
                                  driver=driver, expert_share=args.expert_share)
     print(json.dumps({"dataset": args.out, "samples": meta["samples"], "shards": len(meta["shards"])}))
