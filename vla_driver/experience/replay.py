@@ -240,7 +240,6 @@ class _Player:
         from nav_msgs.msg import Odometry
         from nav_msgs.msg import Path as PathMsg
         from rclpy.clock import ClockType
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
         from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile
@@ -308,7 +307,7 @@ class _Player:
                     for timer in list(node.timers):
                         if timer.clock.clock_type == ClockType.ROS_TIME:
                             timer.cancel()
-            self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+            self.executor = _executor(self.context, lockstep)
             for node in self.nodes:
                 self.executor.add_node(node)
             self.thread = threading.Thread(target=self.executor.spin, name="replay-executor", daemon=True)
@@ -554,6 +553,17 @@ class _Player:
             node.destroy_node()
         self._shutdown()
         self.writer.close()
+
+
+def _executor(context, lockstep: bool):
+    """Lockstep: the player itself calls decide/plan, so one thread only delivers messages and the Python
+    multi-threaded executor's per-callback cost (futures, a thread pool) would be pure overhead. Free-running
+    replays keep parallel threads so a slow decision does not delay the plan timer."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+
+    if lockstep:
+        return SingleThreadedExecutor(context=context)
+    return MultiThreadedExecutor(num_threads=4, context=context)
 
 
 def _node_seconds(stamp_ns: int) -> float:
