@@ -165,3 +165,21 @@ def test_eval_cli_prints_table_and_one_json_line(capsys):
     assert 0.0 <= report["driving_score"] <= 1.0 and report["expert_driving_score"] == report["driving_score"]
     with pytest.raises(SystemExit):
         main(["eval", "--policy", "expert", "--scenarios", "nowhere", "--episodes", "1"])
+
+
+def test_eval_reuses_saved_expert_results_on_the_same_seeds_only(tiny_checkpoint, tmp_path, capsys):
+    from vla_driver.cli import main
+
+    saved = tmp_path / "expert.json"
+    assert main(["eval", "--policy", "expert", "--scenarios", "merge", "--episodes", "1",
+                 "--json-out", str(saved)]) == 0
+    expert_ds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["driving_score"]
+    episodes = json.loads(saved.read_text())
+    episodes[0]["route_completion"] = 0.5  # a marker: the reused figures, not a fresh expert drive
+    saved.write_text(json.dumps(episodes))
+    args = ["eval", "--policy", str(tiny_checkpoint), "--scenarios", "merge", "--expert-json", str(saved)]
+    assert main(args + ["--episodes", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["expert_driving_score"] < expert_ds  # from the edited file
+    with pytest.raises(SystemExit, match="lacks"):  # a second seed the file does not hold
+        main(args + ["--episodes", "2"])

@@ -16,6 +16,9 @@ def register(sub, bench_sub) -> None:
         parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
         parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
         parser.add_argument("--json-out", default="", help="also write every episode result to this JSON file")
+        parser.add_argument("--expert-json", default="",
+                            help="reuse the expert's results on the same seeds (an earlier `eval --policy expert "
+                                 "--json-out`) instead of driving the expert again")
         parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
                             help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
         _add_runtime_arguments(parser, default_backend="torch")
@@ -97,9 +100,7 @@ def evaluate_command(args) -> int:
     if args.policy == "expert":
         expert_summary = summary
     else:
-        from ..sim.expert import ExpertPolicy
-
-        expert_summary = summarize(evaluate(ExpertPolicy, scenarios, seeds))
+        expert_summary = summarize(_expert_results(args.expert_json, scenarios, seeds))
         print("expert on the same seeds:")
         print(format_table(expert_summary))
     if args.gif:
@@ -116,6 +117,22 @@ def evaluate_command(args) -> int:
                       "success_rate": _number(overall["success_rate"]),
                       "expert_driving_score": _number(expert_summary["overall"]["driving_score"])}))
     return 0
+
+
+def _expert_results(path: str, scenarios: list[str], seeds: list[int]) -> list:
+    """The expert on exactly these (scenario, seed) episodes: from ``path`` when given, else driven now."""
+    from ..core.metrics import EpisodeResult
+    from ..sim.closed_loop import evaluate
+    from ..sim.expert import ExpertPolicy
+
+    if not path:
+        return evaluate(ExpertPolicy, scenarios, seeds)
+    with open(path) as f:
+        saved = {(r["scenario"], r["seed"]): EpisodeResult.from_dict(r) for r in json.load(f)}
+    missing = [(s, k) for s in scenarios for k in seeds if (s, k) not in saved]
+    if missing:
+        raise SystemExit(f"--expert-json {path} lacks {len(missing)} of the episodes, e.g. {missing[:3]}")
+    return [saved[(s, k)] for s in scenarios for k in seeds]
 
 
 def record_command(args) -> int:

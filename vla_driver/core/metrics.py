@@ -9,7 +9,7 @@ deviation), so that few-episode evaluations show how uncertain they are.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -65,6 +65,12 @@ class EpisodeResult:
         d = asdict(self)
         d.update(driving_score=self.driving_score, success=self.success)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EpisodeResult:
+        """Inverse of :meth:`to_dict` (the derived score and success are recomputed, not trusted)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def infraction_penalty(infractions: dict) -> float:
