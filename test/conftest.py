@@ -24,6 +24,20 @@ def tiny_policy(tiny_checkpoint):
     return load_policy(tiny_checkpoint, backend="torch")
 
 
+@pytest.fixture()
+def node_threads():
+    """Torch threads as the model nodes set them when they load their own policy (the shared fixtures'
+    policies were loaded with the default); restored afterwards."""
+    import torch
+
+    from vla_driver.runtime.policy import inference_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(inference_threads())
+    yield
+    torch.set_num_threads(before)
+
+
 def make_observation(seed: int = 0, speed: float = 10.0, navigation: str = "Go straight for 100m"):
     from vla_driver.core.types import Observation
 

@@ -32,7 +32,7 @@ def frame_dicts(run, dt: float) -> list[dict]:
 def demo(args) -> int:
     from ..core.metrics import format_table, summarize
     from ..nodes.compose import run_closed_loop
-    from ..runtime.policy import load_policy, resolve_checkpoint
+    from ..runtime.policy import inference_threads, load_policy, resolve_checkpoint
     from ..sim.closed_loop import HELDOUT_SEEDS, run_episode
     from ..sim.expert import ExpertPolicy
     from ..sim.highway import DrivingSim
@@ -46,7 +46,8 @@ def demo(args) -> int:
     checkpoint = str(resolve_checkpoint(args.checkpoint))
     start = time.time()
     # One policy per node (they are not thread-safe), loaded once and reused across episodes.
-    policies = (load_policy(checkpoint, args.backend), load_policy(checkpoint, args.backend))
+    threads = inference_threads()  # two nodes infer at once on the shared cores
+    policies = tuple(load_policy(checkpoint, args.backend, threads=threads) for _ in range(2))
     print(f"checkpoint {checkpoint} (model {policies[0].model_version}), backend {policies[0].backend_name}: "
           f"{policies[0].backend_choice.reason}")
     results, missed, cycles, latencies = [], 0, 0, []

@@ -196,13 +196,17 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if policies is None:
-        from ..runtime.policy import load_policy
+        from ..runtime.policy import inference_threads, load_policy
 
-        first = load_policy(checkpoint, backend)
-        policies = (first, first if lockstep else load_policy(checkpoint, backend))
+        threads = inference_threads()  # free-running, the two nodes infer at once on the shared cores
+        first = load_policy(checkpoint, backend, threads=threads)
+        policies = (first, first if lockstep else load_policy(checkpoint, backend, threads=threads))
+    from ..nodes.compose import frozen_heap
+
     player = _Player(source, out_dir / "bag", policies, lockstep, decision_rate_hz, domain_id, frame_timeout_s)
     try:
-        played = player.play_lockstep(progress) if lockstep else player.play_at_rate(rate, progress)
+        with frozen_heap():  # no full-heap collector pauses in the middle of frames
+            played = player.play_lockstep(progress) if lockstep else player.play_at_rate(rate, progress)
     finally:
         player.close()
     policy = policies[0]

@@ -43,9 +43,10 @@ class DecisionParams:
 
 
 def load_policy(checkpoint: str, backend: str):
+    from vla_driver.runtime.policy import inference_threads
     from vla_driver.runtime.policy import load_policy as load
 
-    return load(checkpoint, backend)
+    return load(checkpoint, backend, threads=inference_threads())
 
 
 def blank_observation(navigation: str) -> Observation:

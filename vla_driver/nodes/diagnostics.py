@@ -22,7 +22,7 @@ class NodeDiagnostics:
     def __init__(self, node, backend: str = "", window: int = 200, period_s: float = 1.0):
         self._node = node
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reject() publishes while holding it
         self._cycle_times = deque(maxlen=window)  # node-clock seconds, so rates are in sim time in sim
         self._latencies_ms = deque(maxlen=window)
         self.backend = backend
@@ -58,14 +58,13 @@ class NodeDiagnostics:
     def reject(self, source: str, error: Exception) -> None:
         """A refused input message: counted, logged (throttled) and published as WARN unless already ERROR."""
         reason = getattr(error, "reason", type(error).__name__)
-        with self._lock:
+        self._node.get_logger().warn(f"rejected {source} message: {error}", throttle_duration_sec=1.0)
+        with self._lock:  # one status per rejection, showing it: rejections on other threads wait
             self.counters[f"rejected_{source}"] += 1
             self.values["last_rejected"] = f"{source}: {error}"
-        self._node.get_logger().warn(f"rejected {source} message: {error}", throttle_duration_sec=1.0)
-        with self._lock:
             if self.level != ERROR:
                 self.level, self.message = WARN, f"rejected {source} message ({reason})"
-        self.publish()  # every rejection is shown at once, even when the level does not change
+            self.publish()  # every rejection is shown at once, even when the level does not change
 
     def guard(self, source: str, handler: Callable[[Any], None]) -> Callable[[Any], None]:
         """Wrap a subscription callback so a bad message is rejected with a diagnostic, never raised.
