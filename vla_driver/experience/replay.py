@@ -198,7 +198,8 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
     if policies is None:
         from ..runtime.policy import inference_threads, load_policy
 
-        threads = inference_threads()  # free-running, the two nodes infer at once on the shared cores
+        # lockstep calls one shared policy from one thread; free-running, two nodes infer at once
+        threads = inference_threads(model_nodes=1 if lockstep else 2)
         first = load_policy(checkpoint, backend, threads=threads)
         policies = (first, first if lockstep else load_policy(checkpoint, backend, threads=threads))
     from ..nodes.compose import frozen_heap
