@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny random checkpoint per session (built by the project's own code)."""
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,3 +44,13 @@ def make_observation(seed: int = 0, speed: float = 10.0, navigation: str = "Go s
 
     rng = np.random.default_rng(seed)
     return Observation(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8), speed, navigation)
+
+
+def wait_until(condition, timeout_s: float = 60.0, poll_s: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes: tests wait for messages, never for time."""
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(poll_s)
+    return True

@@ -14,6 +14,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 DOMAIN_ID = 151  # distinct from the other ROS test files (141 nodes, 142 launch, 152 replay)
 
 import rclpy  # noqa: E402
+from conftest import wait_until  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
@@ -33,16 +34,6 @@ from vla_driver.nodes.logger_node import ROLES, LoggerNode, LoggerParams  # noqa
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = 6.0
-DEADLINE_S = 60.0  # waits for messages give up after this; only a broken logger should ever reach it
-
-
-def wait_until(condition, timeout_s: float = DEADLINE_S) -> bool:
-    end = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 class CountingWriter(SegmentWriter):

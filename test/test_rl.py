@@ -13,6 +13,8 @@ import torch
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 DOMAIN_ID = 161  # distinct from the other ROS test files (141 nodes, 142 launch, 151 logger, 152 replay)
 
+from conftest import wait_until  # noqa: E402
+
 from vla_driver.core.control import PurePursuitPID  # noqa: E402
 from vla_driver.core.trajectory import TrajectorySpec, constant_motion  # noqa: E402
 from vla_driver.core.vocabulary import SPEED_SEMANTICS, Decision  # noqa: E402
@@ -194,14 +196,6 @@ def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_ve
     threads = [threading.Thread(target=f, daemon=True) for f in (spin, drive)]
     for t in threads:
         t.start()
-
-    def wait_until(condition, timeout_s: float = 60.0) -> bool:
-        end = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.02)
-        return True
 
     def versions():
         with lock:
