@@ -41,7 +41,8 @@ def test_graphs_and_specs(exported):
 def test_onnxruntime_matches_torch(exported):
     frames = [example_observation(i) for i in range(8)]
     report = verify_onnx_against_torch(exported, frames=frames, generate_tokens=12)
-    assert report["decision_agreement"] == 1.0
+    assert report["decision_agreement"] == 1.0 and report["disagreements"] == []
+    assert 0.0 <= report["min_top2_margin"] <= 1.0
     assert report["max_traj_diff_m"] <= 1e-3
     assert report["max_prob_diff"] <= 1e-4
     assert report["generate_token_identical"] and report["generated_tokens"] == 12
