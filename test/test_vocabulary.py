@@ -69,3 +69,18 @@ def test_bad_vocabularies_rejected():
         DecisionVocabulary(("KE EP",), ("STRAIGHT",))
     with pytest.raises(ValueError):
         DecisionVocabulary.preset("nope")
+
+
+def test_greedy_candidate_breaks_near_ties_the_same_way_for_every_backend():
+    import numpy as np
+
+    from vla_driver.core.vocabulary import TIE_TOLERANCE, greedy_candidate
+
+    probs = np.array([[0.1, 0.4], [0.4 + 8e-7, 0.1 - 8e-7]])  # a near-tie: candidates 1 and 2
+    assert greedy_candidate(probs) == 1  # the first in vocabulary order, not the float winner (2)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # another backend's rounding (up to 3e-5) never changes the pick
+        noisy = probs + rng.uniform(-1.5e-5, 1.5e-5, probs.shape)
+        assert greedy_candidate(noisy) == 1
+    clear = np.array([0.1, 0.4, 0.4 + 2 * TIE_TOLERANCE, 0.1])
+    assert greedy_candidate(clear) == 2  # a real margin still wins

@@ -22,6 +22,9 @@ MINDDRIVE_PATHS = (
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 ANSWER_SEPARATOR = ", "
+# Candidates whose probabilities are this close are a tie. fp32 backends (torch, ONNX Runtime, TensorRT)
+# differ by up to ~3e-5 here, and exact ties occur (1 frame in 1000 had a top-2 margin of 8e-7).
+TIE_TOLERANCE = 1e-4
 
 # Target speed change (m/s over the horizon) each speed word implies; used by experts, fallbacks and
 # label derivation so that every vocabulary maps onto the same physical meaning.
@@ -202,3 +205,12 @@ def parse_answer(text: str, vocab: DecisionVocabulary) -> Decision:
     vocab.speed_index(speed)
     vocab.path_index(path)
     return Decision(speed, path, think.group(1).strip() if think else "")
+
+
+def greedy_candidate(probs, tolerance: float = TIE_TOLERANCE) -> int:
+    """Flat index of the most probable candidate. Near-ties go to the first in vocabulary order, so two
+    backends whose probabilities differ only by float rounding pick the same decision."""
+    import numpy as np
+
+    flat = np.asarray(probs, dtype=np.float64).ravel()
+    return int(np.flatnonzero(flat >= flat.max() - tolerance)[0])

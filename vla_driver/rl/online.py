@@ -53,7 +53,7 @@ from ..core.metrics import EpisodeResult
 from ..core.rewards import TrajectoryRewardConfig
 from ..core.trajectory import Trajectory, TrajectorySpec, stop_trajectory
 from ..core.types import Observation
-from ..core.vocabulary import Decision
+from ..core.vocabulary import Decision, greedy_candidate
 from .grpo import DecisionGRPO, GRPOConfig
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ class RolloutWorker:
                                           np.array([scored[int(c)][1] for c in candidates])))
                 branches += len(unique)
                 branch_steps += sum(o.speeds.size - 1 for o in outcomes)
-            decision = Decision(*policy.vocab.candidate(int(table.argmax())))
+            decision = Decision(*policy.vocab.candidate(greedy_candidate(np.exp(table))))
             drive([main], [decision], policy, period, plan_every)
             index += 1
         return RolloutResult(task.scenario, task.seed, main_sim.result(), points, branches,

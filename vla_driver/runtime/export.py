@@ -228,6 +228,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     """
     from tqdm import tqdm
 
+    from ..core.vocabulary import greedy_candidate
     from ..model.checkpoint import load_checkpoint, sha256_file, verify_checkpoint
     from .graph_spec import load_graph_specs
     from .onnx_backend import OrtSession
@@ -247,7 +248,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     agree, n, max_prob, max_traj, min_margin, flips = 0, 0, 0.0, 0.0, 1.0, []
     for i, obs in enumerate(tqdm(frames, desc="parity", disable=not progress)):
         a, b = ref.decision_table([obs])[0], ort.decision_table([obs])[0]
-        da, db = int(a.argmax()), int(b.argmax())
+        da, db = greedy_candidate(np.exp(a)), greedy_candidate(np.exp(b))  # as the policies decide
         top2 = np.sort(np.exp(a).ravel())[-2:]
         margin = float(top2[1] - top2[0])  # how close the frame was to a tie: flips can only happen near 0
         min_margin = min(min_margin, margin)

@@ -12,7 +12,7 @@ import torch
 
 from ..core.trajectory import KinematicLimits, Trajectory
 from ..core.types import DecisionResult, Observation
-from ..core.vocabulary import Decision
+from ..core.vocabulary import Decision, greedy_candidate
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def make_result(log_table: np.ndarray, vocab, sample: bool, rng, reasoning: str,
     if sample:
         idx = int((rng or np.random.default_rng()).choice(flat.size, p=flat))
     else:
-        idx = int(flat.argmax())
+        idx = greedy_candidate(flat)
     speed, path = vocab.candidate(idx)
     return DecisionResult(
         decision=Decision(speed, path, reasoning), probs=probs, log_prob=float(log_table.ravel()[idx]),
