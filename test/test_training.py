@@ -70,7 +70,7 @@ def test_from_scratch_base_trains_in_phase_one_only_and_fine_tunes_keep_it(dagge
     model = build_model(None, seed=0)
     initial = _base_weights(model)
     trainer = SFTTrainer(model, data, SFTConfig(action_steps=4, decision_steps=0, batch_size=4, threads=2,
-                                                base_decision_every=2))
+                                                train_base=True, base_decision_every=2))
     trainer.train(progress=False)
     after_phase1 = _base_weights(model)
     assert any(not torch.equal(initial[n], after_phase1[n]) for n in initial)
@@ -80,10 +80,10 @@ def test_from_scratch_base_trains_in_phase_one_only_and_fine_tunes_keep_it(dagge
     SFTTrainer(model, data, decision_only).train(progress=False)
     assert all(torch.equal(after_phase1[n], w) for n, w in _base_weights(model).items())
 
-    train_sft([dagger_dir], tmp_path / "first", cfg=SFTConfig(action_steps=2, decision_steps=2, batch_size=4),
-              progress=False)
+    train_sft([dagger_dir], tmp_path / "first", progress=False,
+              cfg=SFTConfig(action_steps=2, decision_steps=2, batch_size=4, train_base=True))
     parent = _base_weights(load_checkpoint(tmp_path / "first"))
     train_sft([dagger_dir], tmp_path / "tuned", base_checkpoint=tmp_path / "first",
-              cfg=SFTConfig(action_steps=3, decision_steps=2, batch_size=4), progress=False)
+              cfg=SFTConfig(action_steps=3, decision_steps=2, batch_size=4, train_base=True), progress=False)
     tuned = _base_weights(load_checkpoint(tmp_path / "tuned"))
     assert all(torch.equal(parent[n], tuned[n]) for n in parent)

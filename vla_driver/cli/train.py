@@ -18,6 +18,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--decision-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    p.add_argument("--train-base", action="store_true",
+                   help="phase 1 also trains a from-scratch base LLM (ignored for fine-tunes and pretrained LLMs)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train_sft)
 
@@ -36,7 +38,7 @@ def train_sft(args) -> int:
     from ..sim.dataset import record_expert_dataset
     from ..sim.highway import SCENARIOS
 
-    cfg = SFTConfig(seed=args.seed)
+    cfg = SFTConfig(seed=args.seed, train_base=args.train_base)
     for field in ("action_steps", "decision_steps", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))

@@ -29,7 +29,9 @@ class SFTConfig:
     batch_size: int = 32
     lr_modules: float = 1e-3  # vision encoder, ego projection, trajectory head
     lr_lora: float = 1e-3
-    train_base: bool = True  # a from-scratch base LLM has no pretraining: phase 1 trains it (off for fine-tunes)
+    # A from-scratch base has no pretraining: phase 1 may train it too (never for fine-tunes or a pretrained
+    # LLM). Off by default: lower imitation losses, but a closed-loop run with it drove worse (see README).
+    train_base: bool = False
     lr_base: float = 5e-4
     base_decision_every: int = 2  # with train_base: every N-th phase-1 step also fits decisions (0: never)
     weight_decay: float = 0.01
