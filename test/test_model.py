@@ -170,3 +170,15 @@ def test_embedded_default_checkpoint_is_intact_and_trained():
     manifest = verify_checkpoint(DEFAULT_CHECKPOINT)
     assert manifest["lineage"]["kind"] == "sft" and manifest["lineage"]["samples"] > 1000
     assert set(manifest["adapters"]) == {"decision", "action"}
+
+
+def test_decision_bench_generates_each_variants_tokens(tiny_checkpoint, capsys):
+    from vla_driver.bench.decision import run
+
+    record = run(str(tiny_checkpoint), iters=2, threads=1)
+    out = capsys.readouterr().out
+    assert '"bench": "decision"' in out.splitlines()[-1]
+    # the whole response adds the three forced tags to the answer words
+    assert record["response_tokens"] == record["answer_tokens"] + 3
+    assert all(record[k] > 0 for k in ("single_pass_ms_p50", "generate_whole_response_ms_p50", "prefill_ms_p50",
+                                       "decode_step_ms_p50"))

@@ -11,7 +11,8 @@ from .config import VisionConfig
 def preprocess_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 (B, H, W, 3) RGB -> float (B, 3, height, width) in [0, 1]; the exported graphs start here too."""
     x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    # Always resize (identity at the model's own size) so exported graphs accept any camera resolution.
+    if tuple(x.shape[-2:]) == (height, width) and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return x  # eager at the model's own size; a traced graph keeps the resize to accept any camera size
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
 
 

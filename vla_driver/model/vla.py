@@ -109,11 +109,13 @@ class VLAModel(nn.Module):
             lengths[:, None] + step_of[None].expand(b, -1),
         ], dim=1)
 
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-        last = lengths - 1
-        speed_logits = logits[torch.arange(b, device=device), last][:, self.speed_ids]  # (B, S)
+        hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        # Only the prompt's last position and each branch's last token are read: the LM head runs on those.
         branch_last = length + torch.arange(n_speeds, device=device) * m + (m - 1)
-        path_logits = logits[:, branch_last][:, :, self.path_ids]  # (B, S, P)
+        read = torch.cat([hidden[torch.arange(b, device=device), lengths - 1][:, None], hidden[:, branch_last]], 1)
+        logits = self.llm.get_output_embeddings()(read)  # (B, 1 + S, V)
+        speed_logits = logits[:, 0][:, self.speed_ids]  # (B, S)
+        path_logits = logits[:, 1:][:, :, self.path_ids]  # (B, S, P)
         return F.log_softmax(speed_logits.float(), -1)[:, :, None] + F.log_softmax(path_logits.float(), -1)
 
     def reference_log_probs(self, images, ego, input_ids) -> torch.Tensor:

@@ -26,7 +26,8 @@ from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
 log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
-GRAPH_FORMAT = 2  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph)
+GRAPH_FORMAT = 3  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
+# 3: the decision scorer applies the LM head to the positions it reads only)
 
 
 def exporter_id() -> str:
