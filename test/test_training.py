@@ -87,3 +87,28 @@ def test_from_scratch_base_trains_in_phase_one_only_and_fine_tunes_keep_it(dagge
               cfg=SFTConfig(action_steps=3, decision_steps=2, batch_size=4, train_base=True), progress=False)
     tuned = _base_weights(load_checkpoint(tmp_path / "tuned"))
     assert all(torch.equal(parent[n], tuned[n]) for n in parent)
+
+
+def test_data_parallel_sft_keeps_replicas_identical_over_two_torchrun_processes(dagger_dir, tiny_checkpoint,
+                                                                                 tmp_path):
+    """Two ranks draw different batches; only the gradient averaging keeps their weights equal, and the
+    averaged update differs from one process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("data_parallel_sft.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(script), str(tiny_checkpoint), str(dagger_dir)]
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                    *args, str(tmp_path / "two")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, *args, str(tmp_path / "one")], check=True, env=env, timeout=300)
+    ranks = [json.loads((tmp_path / "two" / f"rank{k}.json").read_text()) for k in (0, 1)]
+    single = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert [r["processes"] for r in ranks] == [2, 2] and single["processes"] == 1
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["digest"] != single["digest"]

@@ -24,6 +24,7 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--beta-kl", type=float, default=None)
     p.add_argument("--takeover-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=refresh_command)
 
     p = sub.add_parser("train-rl", help="online GRPO in the simulator: closed-loop rollouts with branching")
@@ -94,6 +95,7 @@ def _clean(value):
 
 
 def refresh_command(args) -> int:
+    from ..rl.parallel import DataParallel
     from ..rl.refresh import RefreshConfig, refresh
 
     cfg = RefreshConfig()
@@ -106,8 +108,10 @@ def refresh_command(args) -> int:
     missing = [d for d in args.experience if not Path(d).exists()]
     if missing:
         raise SystemExit(f"experience not found: {missing}")
-    report = refresh(args.experience, _checkpoint(args.from_checkpoint), args.out, cfg)
-    print(json.dumps({"bench": "refresh", **_clean(report)}))
+    parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
+    report = refresh(args.experience, _checkpoint(args.from_checkpoint), args.out, cfg, parallel=parallel)
+    if parallel.is_main:
+        print(json.dumps({"bench": "refresh", **_clean(report)}))
     return 0
 
 

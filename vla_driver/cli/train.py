@@ -21,6 +21,7 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--train-base", action="store_true",
                    help="phase 1 also trains a from-scratch base LLM (ignored for fine-tunes and pretrained LLMs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=train_sft)
 
     p = sub.add_parser("export", help="export a checkpoint's graphs to ONNX (per adapter, merged)")
@@ -32,6 +33,7 @@ def register(sub, bench_sub) -> None:
 
 
 def train_sft(args) -> int:
+    from ..rl.parallel import DataParallel
     from ..rl.sft import SFTConfig
     from ..rl.sft import train_sft as run
     from ..sim.closed_loop import TRAIN_SEEDS
@@ -42,15 +44,18 @@ def train_sft(args) -> int:
     for field in ("action_steps", "decision_steps", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
+    parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
     data = Path(args.data[0])
-    if not any(data.glob("*.npz")):
+    if parallel.is_main and not any(data.glob("*.npz")):
         scenarios = [s for s in args.scenarios.split(",") if s]
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown:
             raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
         record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]))
-    report = run(args.data, args.out, args.from_checkpoint or None, cfg)
-    print(json.dumps({"bench": "sft", **report}))
+    parallel.wait()  # the other processes read the data the main one recorded
+    report = run(args.data, args.out, args.from_checkpoint or None, cfg, parallel=parallel)
+    if parallel.is_main:
+        print(json.dumps({"bench": "sft", **report}))
     return 0
 
 

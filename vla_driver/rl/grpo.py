@@ -22,6 +22,7 @@ import torch
 
 from ..core.rewards import group_advantages
 from ..core.types import Observation
+from .parallel import DataParallel
 from .sft import copy_adapter
 
 REFERENCE = "decision_ref"
@@ -42,14 +43,18 @@ class GRPOConfig:
 
 
 class DecisionGRPO:
-    """Holds the optimiser and the reference adapter; ``step`` does one GRPO update on a batch."""
+    """Holds the optimiser and the reference adapter; ``step`` does one GRPO update on a batch (on each
+    process's own batch under ``accelerate launch``, gradients averaged: see rl/parallel.py)."""
 
-    def __init__(self, model, cfg: GRPOConfig | None = None):
+    def __init__(self, model, cfg: GRPOConfig | None = None, parallel: DataParallel | None = None):
         from ..model.build import lora_config
         from ..model.inputs import InputEncoder
 
         self.model, self.cfg = model, cfg or GRPOConfig()
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self.parallel = parallel or DataParallel()
+        self.device = self.parallel.device
+        model.to(self.device)
+        self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
         self.enc = InputEncoder(model.tokenizer, model.cfg.num_image_tokens, model.cfg.num_query_tokens)
         llm = model.llm
         if REFERENCE not in llm.peft_config:
@@ -65,14 +70,14 @@ class DecisionGRPO:
 
     def tables(self, observations: list[Observation], adapter: str, grad: bool) -> torch.Tensor:
         ids, lengths = self.enc.pad(self.enc.decision_rows(observations))
+        inputs = (self.enc.images(observations), self.enc.ego(observations), ids, lengths)
         self.model.select_adapter(adapter)
         with torch.set_grad_enabled(grad):
-            table = self.model.decision_log_probs(self.enc.images(observations), self.enc.ego(observations),
-                                                  ids, lengths)
+            table = self.model.decision_log_probs(*(t.to(self.device) for t in inputs))
         return table.flatten(1)  # (B, S*P)
 
     def sample_groups(self, log_table: torch.Tensor) -> np.ndarray:
-        logits = log_table.detach().numpy() / self.cfg.temperature
+        logits = log_table.detach().cpu().numpy() / self.cfg.temperature
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         return np.stack([self.rng.choice(p.size, size=self.cfg.group_size, p=p) for p in probs])
@@ -89,8 +94,8 @@ class DecisionGRPO:
         groups = self.sample_groups(old)
         rewards = np.stack([np.asarray(reward_fn(i, [vocab.candidate(int(c)) for c in g]), dtype=np.float64)
                             for i, g in enumerate(groups)])
-        adv = torch.from_numpy(group_advantages(rewards)).float()
-        idx = torch.from_numpy(groups)
+        adv = torch.from_numpy(group_advantages(rewards)).float().to(self.device)
+        idx = torch.from_numpy(groups).to(self.device)
         old_lp = old.gather(1, idx)
         stats = {}
         for _ in range(self.cfg.epochs):
@@ -102,6 +107,7 @@ class DecisionGRPO:
             loss = policy_loss + self.cfg.beta_kl * kl
             self.opt.zero_grad()
             loss.backward()
+            self.parallel.average_gradients(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
             self.opt.step()
             stats = {"loss": loss.item(), "policy_loss": policy_loss.item(), "kl": kl.item()}
@@ -116,3 +122,4 @@ class DecisionGRPO:
         self.model.llm.delete_adapter(REFERENCE)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.model.to("cpu")

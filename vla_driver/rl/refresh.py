@@ -20,6 +20,7 @@ from ..core.rewards import PlanningRewardConfig, planning_rewards
 from ..core.types import Observation
 from ..core.vocabulary import Decision
 from .grpo import DecisionGRPO, GRPOConfig
+from .parallel import DataParallel
 from .sft import save_curves
 
 
@@ -80,12 +81,15 @@ def hash_inputs(paths) -> dict:
 
 
 def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str | Path,
-            cfg: RefreshConfig | None = None, progress: bool = True) -> dict:
-    """Train a new decision adapter from logged experience; writes a checkpoint with lineage + curves."""
+            cfg: RefreshConfig | None = None, progress: bool = True, parallel: DataParallel | None = None) -> dict:
+    """Train a new decision adapter from logged experience; writes a checkpoint with lineage + curves.
+    Under ``accelerate launch`` every process draws its own batches; the main one saves."""
     from ..model.checkpoint import load_checkpoint, save_checkpoint
     from .sft import SFTConfig, SFTTrainer
 
     cfg = cfg or RefreshConfig()
+    parallel = parallel or DataParallel()
+    progress = progress and parallel.is_main
     model = load_checkpoint(from_checkpoint)
     start = time.perf_counter()
     data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress)
@@ -100,11 +104,12 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
             "future": np.zeros((n, model.spec.num_waypoints, 3), np.float32),
         }
         sft = SFTTrainer(model, arrays, SFTConfig(action_steps=0, decision_steps=cfg.sft_steps,
-                                                  batch_size=cfg.batch_size, init_decision_from_action=False))
+                                                  batch_size=cfg.batch_size, init_decision_from_action=False),
+                         parallel)
         sft.train(progress)
-    trainer = DecisionGRPO(model, cfg.grpo)
+    trainer = DecisionGRPO(model, cfg.grpo, parallel)
     reward_cfg = PlanningRewardConfig()
-    rng = np.random.default_rng(cfg.grpo.seed)
+    rng = np.random.default_rng(parallel.batch_seed(cfg.grpo.seed))
     bar = tqdm(range(cfg.grpo_steps), desc="GRPO refresh", disable=not progress)
     for _ in bar:
         idx = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
@@ -122,8 +127,11 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
     trainer.finish()
     seconds = time.perf_counter() - start
     report = {"samples": n, "takeover_samples": int(data.takeover.sum()), "grpo_steps": cfg.grpo_steps,
-              "seconds": seconds, "samples_per_s": cfg.grpo_steps * min(cfg.batch_size, n) / seconds,
+              "seconds": seconds, "processes": parallel.num_processes,
+              "samples_per_s": parallel.num_processes * cfg.grpo_steps * min(cfg.batch_size, n) / seconds,
               "final_reward_mean": float(np.mean(history["reward_mean"][-20:] or [np.nan]))}
+    if not parallel.is_main:
+        return report
     lineage = {"kind": "grpo_refresh", "parent": getattr(model, "model_version", None),
                "data": hash_inputs(experience), "refresh_config": json.loads(json.dumps(asdict(cfg))),
                "reward_config": asdict(reward_cfg)}

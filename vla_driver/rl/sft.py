@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..core.types import Observation
 from ..core.vocabulary import Decision
+from .parallel import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,16 @@ def copy_adapter(llm, src: str, dst: str) -> None:
 
 
 class SFTTrainer:
-    def __init__(self, model, data: dict, cfg: SFTConfig | None = None):
+    """``parallel`` spreads the batches over the processes of ``accelerate launch`` (rl/parallel.py)."""
+
+    def __init__(self, model, data: dict, cfg: SFTConfig | None = None, parallel: DataParallel | None = None):
         from ..model.inputs import InputEncoder
 
         self.model, self.data, self.cfg = model, data, cfg or SFTConfig()
+        self.parallel = parallel or DataParallel()
+        self.device = self.parallel.device
         self.enc = InputEncoder(model.tokenizer, model.cfg.num_image_tokens, model.cfg.num_query_tokens)
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
         self.history: dict[str, list[float]] = {"action_loss": [], "decision_loss": [], "decision_acc": []}
         vocab = model.vocab
         self.speed_idx = np.array([vocab.speed_index(s) for s in data["speed"]])
@@ -93,24 +98,27 @@ class SFTTrainer:
             groups.append({"params": modules, "lr": self.cfg.lr_modules})
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
+    def _inputs(self, obs: list[Observation], rows: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        """images, ego, ids, lengths on the training device."""
+        ids, lengths = self.enc.pad(rows)
+        return tuple(t.to(self.device) for t in (self.enc.images(obs), self.enc.ego(obs), ids, lengths))
+
     def action_loss(self, idx: np.ndarray) -> torch.Tensor:
         obs = observations_from(self.data, idx)
-        ids, lengths = self.enc.pad(self.enc.action_rows(obs, decisions_from(self.data, idx)))
-        modes = self.model.trajectories(self.enc.images(obs), self.enc.ego(obs), ids, lengths)  # (B, S, N, 3)
-        truth = self.future[idx]
-        picked = modes[torch.arange(len(idx)), torch.from_numpy(self.speed_idx[idx])]
+        modes = self.model.trajectories(*self._inputs(obs, self.enc.action_rows(obs, decisions_from(self.data, idx))))
+        truth = self.future[idx].to(self.device)
+        picked = modes[torch.arange(len(idx)), torch.from_numpy(self.speed_idx[idx])]  # (B, N, 3)
         # L1 keeps a strong gradient on sub-metre lateral errors (lane keeping); heading in rad is small.
-        weights = torch.tensor([1.0, 2.0, 4.0])
+        weights = torch.tensor([1.0, 2.0, 4.0], device=self.device)
         loss = (F.l1_loss(picked, truth, reduction="none") * weights).mean()
         others = (F.l1_loss(modes, truth[:, None].expand_as(modes), reduction="none") * weights).mean()
         return loss + self.cfg.all_modes_weight * others
 
     def decision_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, float]:
         obs = observations_from(self.data, idx)
-        ids, lengths = self.enc.pad(self.enc.decision_rows(obs))
-        table = self.model.decision_log_probs(self.enc.images(obs), self.enc.ego(obs), ids, lengths)
+        table = self.model.decision_log_probs(*self._inputs(obs, self.enc.decision_rows(obs)))
         flat = table.flatten(1)
-        target = torch.from_numpy(self.speed_idx[idx] * table.shape[2] + self.path_idx[idx])
+        target = torch.from_numpy(self.speed_idx[idx] * table.shape[2] + self.path_idx[idx]).to(self.device)
         eps = self.cfg.label_smoothing
         loss = -(1 - eps) * flat.gather(1, target[:, None]).mean() - eps * flat.mean()
         acc = float((flat.argmax(1) == target).float().mean())
@@ -120,11 +128,13 @@ class SFTTrainer:
         """``steps`` optimizer steps with a one-cycle schedule; ``loss_fn(idx) -> (loss, {metric: value})``."""
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
                                                     total_steps=max(1, steps), pct_start=0.1)
-        bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}", disable=not progress)
+        bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}", disable=not progress or not self.parallel.is_main)
+        params = [p for g in opt.param_groups for p in g["params"]]
         for idx in bar:
             loss, metrics = loss_fn(idx)
             opt.zero_grad()
             loss.backward()
+            self.parallel.average_gradients(params)
             opt.step()
             sched.step()
             metrics = {f"{name}_loss": loss.item(), **metrics}
@@ -135,7 +145,7 @@ class SFTTrainer:
     def train(self, progress: bool = True) -> dict:
         torch.manual_seed(self.cfg.seed)
         torch.set_num_threads(self.cfg.threads)
-        self.model.train()
+        self.model.to(self.device).train()
         start = time.time()
         opt = self._optimizer("action", with_modules=True, with_base=self.cfg.train_base)
         every = self.cfg.base_decision_every if self.cfg.train_base else 0
@@ -160,13 +170,14 @@ class SFTTrainer:
         self._phase("decision", self.cfg.decision_steps, opt, decision_step, progress)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.model.eval()
+        self.model.to("cpu").eval()
         tail = max(1, min(50, self.cfg.decision_steps))
         return {
             "seconds": time.time() - start,
             "final_action_loss": float(np.mean(self.history["action_loss"][-50:] or [np.nan])),
             "final_decision_loss": float(np.mean(self.history["decision_loss"][-tail:] or [np.nan])),
             "final_decision_acc": float(np.mean(self.history["decision_acc"][-tail:] or [np.nan])),
+            "processes": self.parallel.num_processes,
         }
 
 
@@ -204,8 +215,10 @@ def load_training_data(data_dirs) -> dict:
 
 
 def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
-              cfg: SFTConfig | None = None, model_cfg=None, progress: bool = True) -> dict:
-    """Dataset dir(s) -> trained checkpoint (+ loss curves PNG, + training report in the manifest)."""
+              cfg: SFTConfig | None = None, model_cfg=None, progress: bool = True,
+              parallel: DataParallel | None = None) -> dict:
+    """Dataset dir(s) -> trained checkpoint (+ loss curves PNG, + training report in the manifest).
+    Under ``accelerate launch`` every process trains on its own batches; the main one saves."""
     from ..model.build import build_model
     from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 
@@ -217,8 +230,11 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
         cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
     elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn
         cfg = dataclasses.replace(cfg, train_base=False)
-    trainer = SFTTrainer(model, data, cfg)
+    parallel = parallel or DataParallel()
+    trainer = SFTTrainer(model, data, cfg, parallel)
     report = trainer.train(progress)
+    if not parallel.is_main:
+        return report
     data_hashes = {f"{Path(d).name}/{p.name}": sha256_file(p) for d in dirs for p in sorted(Path(d).glob("*.npz"))}
     lineage = {"kind": "sft", "parent": getattr(model, "model_version", None), "data": data_hashes,
                "sft_config": asdict(cfg), "samples": int(len(data["speed"]))}
