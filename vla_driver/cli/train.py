@@ -44,13 +44,13 @@ def train_sft(args) -> int:
     for field in ("action_steps", "decision_steps", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
     parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
     data = Path(args.data[0])
     if parallel.is_main and not any(data.glob("*.npz")):
-        scenarios = [s for s in args.scenarios.split(",") if s]
-        unknown = [s for s in scenarios if s not in SCENARIOS]
-        if unknown:
-            raise SystemExit(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
         record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]))
     parallel.wait()  # the other processes read the data the main one recorded
     report = run(args.data, args.out, args.from_checkpoint or None, cfg, parallel=parallel)

@@ -36,6 +36,12 @@ class InputEncoder:
         return [self.prompt_ids(o) + self.ids(action_text(d, self.num_query_tokens))
                 for o, d in zip(observations, decisions, strict=True)]
 
+    def batch(self, observations: list[Observation], rows: list[list[int]], device=None) -> tuple[torch.Tensor, ...]:
+        """(images, ego, ids, lengths) for the model's ``decision_log_probs`` / ``trajectories``, on ``device``."""
+        ids, lengths = self.pad(rows)
+        tensors = (self.images(observations), self.ego(observations), ids, lengths)
+        return tensors if device is None else tuple(t.to(device) for t in tensors)
+
     @staticmethod
     def images(observations: list[Observation]) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.ascontiguousarray(o.image, dtype=np.uint8) for o in observations]))

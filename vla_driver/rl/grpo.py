@@ -69,11 +69,10 @@ class DecisionGRPO:
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=0.0)
 
     def tables(self, observations: list[Observation], adapter: str, grad: bool) -> torch.Tensor:
-        ids, lengths = self.enc.pad(self.enc.decision_rows(observations))
-        inputs = (self.enc.images(observations), self.enc.ego(observations), ids, lengths)
+        inputs = self.enc.batch(observations, self.enc.decision_rows(observations), self.device)
         self.model.select_adapter(adapter)
         with torch.set_grad_enabled(grad):
-            table = self.model.decision_log_probs(*(t.to(self.device) for t in inputs))
+            table = self.model.decision_log_probs(*inputs)
         return table.flatten(1)  # (B, S*P)
 
     def sample_groups(self, log_table: torch.Tensor) -> np.ndarray:

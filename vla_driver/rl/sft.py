@@ -98,14 +98,10 @@ class SFTTrainer:
             groups.append({"params": modules, "lr": self.cfg.lr_modules})
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
-    def _inputs(self, obs: list[Observation], rows: list[list[int]]) -> tuple[torch.Tensor, ...]:
-        """images, ego, ids, lengths on the training device."""
-        ids, lengths = self.enc.pad(rows)
-        return tuple(t.to(self.device) for t in (self.enc.images(obs), self.enc.ego(obs), ids, lengths))
-
     def action_loss(self, idx: np.ndarray) -> torch.Tensor:
         obs = observations_from(self.data, idx)
-        modes = self.model.trajectories(*self._inputs(obs, self.enc.action_rows(obs, decisions_from(self.data, idx))))
+        rows = self.enc.action_rows(obs, decisions_from(self.data, idx))
+        modes = self.model.trajectories(*self.enc.batch(obs, rows, self.device))  # (B, S, N, 3)
         truth = self.future[idx].to(self.device)
         picked = modes[torch.arange(len(idx)), torch.from_numpy(self.speed_idx[idx])]  # (B, N, 3)
         # L1 keeps a strong gradient on sub-metre lateral errors (lane keeping); heading in rad is small.
@@ -116,7 +112,7 @@ class SFTTrainer:
 
     def decision_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, float]:
         obs = observations_from(self.data, idx)
-        table = self.model.decision_log_probs(*self._inputs(obs, self.enc.decision_rows(obs)))
+        table = self.model.decision_log_probs(*self.enc.batch(obs, self.enc.decision_rows(obs), self.device))
         flat = table.flatten(1)
         target = torch.from_numpy(self.speed_idx[idx] * table.shape[2] + self.path_idx[idx]).to(self.device)
         eps = self.cfg.label_smoothing
@@ -128,7 +124,8 @@ class SFTTrainer:
         """``steps`` optimizer steps with a one-cycle schedule; ``loss_fn(idx) -> (loss, {metric: value})``."""
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
                                                     total_steps=max(1, steps), pct_start=0.1)
-        bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}", disable=not progress or not self.parallel.is_main)
+        bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}",
+                   disable=not (progress and self.parallel.is_main))
         params = [p for g in opt.param_groups for p in g["params"]]
         for idx in bar:
             loss, metrics = loss_fn(idx)

@@ -45,9 +45,8 @@ class TorchPolicy:
     def decision_table(self, observations: list[Observation], rows: list[list[int]] | None = None) -> np.ndarray:
         """(B, S, P) candidate log-probabilities, one forward pass for the whole batch."""
         enc = self.encoder
-        ids, lengths = enc.pad(rows or enc.decision_rows(observations))
         self.model.select_adapter("decision")
-        return self.model.decision_log_probs(enc.images(observations), enc.ego(observations), ids, lengths).numpy()
+        return self.model.decision_log_probs(*enc.batch(observations, rows or enc.decision_rows(observations))).numpy()
 
     def decide(self, obs: Observation, sample: bool = False, think: bool = False,
                rng: np.random.Generator | None = None) -> DecisionResult:
@@ -80,9 +79,8 @@ class TorchPolicy:
     @torch.inference_mode()
     def trajectory_modes(self, observations: list[Observation], decisions: list[Decision]) -> np.ndarray:
         enc = self.encoder
-        ids, lengths = enc.pad(enc.action_rows(observations, decisions))
         self.model.select_adapter("action")
-        return self.model.trajectories(enc.images(observations), enc.ego(observations), ids, lengths).numpy()
+        return self.model.trajectories(*enc.batch(observations, enc.action_rows(observations, decisions))).numpy()
 
     def plan(self, obs: Observation, decision: Decision) -> Trajectory:
         modes = self.trajectory_modes([obs], [decision])[0]
