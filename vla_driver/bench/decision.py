@@ -33,8 +33,9 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
     images, ego = enc.images([obs]), enc.ego([obs])
     forced = torch.tensor(enc.decision_rows([obs]))  # prompt + <think></think><answer>
     bare = torch.tensor([enc.prompt_ids(obs)])
-    variants = {"answer words": (forced, len(enc.ids(words))),
-                "whole response": (bare, len(enc.ids(fast_answer_prefix() + words)))}
+    # name -> (prompt ids, tokens to generate, what the prompt already holds of the answer, for the parser)
+    variants = {"answer words": (forced, len(enc.ids(words)), "<answer>"),
+                "whole response": (bare, len(enc.ids(fast_answer_prefix() + words)), "")}
 
     def generator(ids: torch.Tensor, new_tokens: int):
         @torch.inference_mode()
@@ -50,10 +51,9 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
     print(f"single pass: {single.decision.speed}, {single.decision.path} "
           f"(p={single.probs.max():.3f}, full {policy.vocab.num_candidates}-candidate table)")
     timings = {"single pass": time_calls(lambda: policy.decision_table([obs]), iters)}
-    for name, (ids, new_tokens) in variants.items():
+    for name, (ids, new_tokens, prefix) in variants.items():
         generate = generator(ids, new_tokens)
         text = tok.decode(generate()[0])
-        prefix = "<answer>" if name == "answer words" else ""
         print(f"generate ({name}): {text!r} ({new_tokens} new tokens, one answer, no table)")
         try:
             parse_answer(prefix + text, policy.vocab)
