@@ -183,3 +183,15 @@ def test_eval_reuses_saved_expert_results_on_the_same_seeds_only(tiny_checkpoint
     assert report["expert_driving_score"] < expert_ds  # from the edited file
     with pytest.raises(SystemExit, match="lacks"):  # a second seed the file does not hold
         main(args + ["--episodes", "2"])
+
+
+def test_evaluate_in_worker_processes_gives_the_same_results_in_the_same_order():
+    from vla_driver.sim.closed_loop import evaluate
+    from vla_driver.sim.expert import ExpertPolicy
+
+    seeds = list(HELDOUT_SEEDS[:2])
+    inline = evaluate(ExpertPolicy, ["merge", "intersection"], seeds, progress=False, duration_s=3.0)
+    pooled = evaluate(ExpertPolicy, ["merge", "intersection"], seeds, progress=False, duration_s=3.0, workers=2)
+    assert [(r.scenario, r.seed) for r in pooled] == [(s, k) for s in ("merge", "intersection") for k in seeds]
+    assert [r.to_dict() for r in pooled] == [r.to_dict() for r in inline]
+    assert all(r.duration_s == pytest.approx(3.0) for r in inline)

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .sim import _scenarios
+from .sim import _scenarios, add_workers_argument
 
 DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
@@ -75,6 +75,8 @@ def _add_eval_arguments(p) -> None:
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
     p.add_argument("--backend", default="torch")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads per policy")
+    add_workers_argument(p)
 
 
 def _checkpoint(path: str) -> str:
@@ -147,7 +149,7 @@ def gate_command(args) -> int:
 
     decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay, _scenarios(args.scenarios),
                     episodes=args.episodes, tolerance=args.tolerance, accuracy_tolerance=args.accuracy_tolerance,
-                    backend=args.backend, duration_s=args.duration)
+                    backend=args.backend, duration_s=args.duration, workers=args.workers, threads=args.threads)
     print(format_comparison(decision.metrics["closed_loop"], ("current", "candidate")))
     for reason in decision.reasons:
         print(f"- {reason}")
@@ -184,7 +186,8 @@ def rl_gain_command(args) -> int:
     from ..rl.gate import compare_policies, format_comparison
 
     comparison = compare_policies(_checkpoint(args.sft), _checkpoint(args.rl), _scenarios(args.scenarios),
-                                  episodes=args.episodes, backend=args.backend, duration_s=args.duration)
+                                  episodes=args.episodes, backend=args.backend, duration_s=args.duration,
+                                  workers=args.workers, threads=args.threads)
     print(format_comparison(comparison, ("SFT", "SFT+RL")))
     o = comparison["overall"]
     emit({"bench": "rl_gain", "sft_driving_score": o["baseline"]["driving_score"],

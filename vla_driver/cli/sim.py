@@ -22,6 +22,7 @@ def register(sub, bench_sub) -> None:
         parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
                             help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
         _add_runtime_arguments(parser, default_backend="torch")
+        add_workers_argument(parser)
         parser.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("record-expert", help="record expert driving into an SFT dataset (npz shards)")
@@ -42,7 +43,13 @@ def _add_runtime_arguments(parser, default_backend: str) -> None:
     parser.add_argument("--backend", default=default_backend, choices=("auto", "torch", "onnxruntime"),
                         help="inference backend of the checkpoint policy")
     parser.add_argument("--threads", type=int, default=2,
-                        help="intra-op threads (use 1 when other jobs share the cores)")
+                        help="intra-op threads per policy (use 1 when other jobs or workers share the cores)")
+
+
+def add_workers_argument(parser) -> None:
+    parser.add_argument("--workers", type=int, default=0,
+                        help="episodes in this many processes, each with its own policy (0 = in this process); "
+                             "the results do not depend on it")
 
 
 def _scenarios(text: str) -> list[str]:
@@ -56,21 +63,19 @@ def _scenarios(text: str) -> list[str]:
 
 
 def _policy_factory(spec: str, backend: str = "torch", threads: int = 2):
+    """A picklable policy constructor (worker processes build their own policy with it)."""
     if spec == "expert":
         from ..sim.expert import ExpertPolicy
 
         return ExpertPolicy
+    from functools import partial
     from pathlib import Path
+
+    from ..runtime.policy import load_policy
 
     if not Path(spec).is_dir():
         raise SystemExit(f"--policy must be 'expert' or a checkpoint directory; {spec!r} is neither")
-
-    def load():
-        from ..runtime.policy import load_policy
-
-        return load_policy(spec, backend=backend, threads=threads)
-
-    return load
+    return partial(load_policy, spec, backend, threads=threads)
 
 
 def _number(x: float) -> float | None:
@@ -93,14 +98,14 @@ def evaluate_command(args) -> int:
         raise SystemExit("--episodes must be at least 1")
     seeds = list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
     factory = _policy_factory(args.policy, args.backend, args.threads)
-    results = evaluate(factory, scenarios, seeds)
+    results = evaluate(factory, scenarios, seeds, workers=args.workers)
     summary = summarize(results)
     print(f"policy: {args.policy}  seeds: {seeds[0]}..{seeds[-1]}  (95% CI: Student t over episodes)")
     print(format_table(summary))
     if args.policy == "expert":
         expert_summary = summary
     else:
-        expert_summary = summarize(_expert_results(args.expert_json, scenarios, seeds))
+        expert_summary = summarize(_expert_results(args.expert_json, scenarios, seeds, args.workers))
         print("expert on the same seeds:")
         print(format_table(expert_summary))
     if args.gif:
@@ -119,14 +124,14 @@ def evaluate_command(args) -> int:
     return 0
 
 
-def _expert_results(path: str, scenarios: list[str], seeds: list[int]) -> list:
+def _expert_results(path: str, scenarios: list[str], seeds: list[int], workers: int = 0) -> list:
     """The expert on exactly these (scenario, seed) episodes: from ``path`` when given, else driven now."""
     from ..core.metrics import EpisodeResult
     from ..sim.closed_loop import evaluate
     from ..sim.expert import ExpertPolicy
 
     if not path:
-        return evaluate(ExpertPolicy, scenarios, seeds)
+        return evaluate(ExpertPolicy, scenarios, seeds, workers=workers)
     with open(path) as f:
         saved = {(r["scenario"], r["seed"]): EpisodeResult.from_dict(r) for r in json.load(f)}
     missing = [(s, k) for s in scenarios for k in seeds if (s, k) not in saved]

@@ -52,28 +52,17 @@ class GateDecision:
 
 # ------------------------------------------------------------------------------------------ closed loop
 def run_policy(checkpoint, scenarios, seeds, backend: str = "torch", duration_s: float | None = None,
-               progress: bool = True) -> list[EpisodeResult]:
-    """Closed-loop episodes of one checkpoint: ``closed_loop.evaluate``'s loop (one policy, one simulator
-    per scenario, ``run_episode`` per seed), with an optional episode length for quick checks."""
-    from tqdm import tqdm
+               progress: bool = True, workers: int = 0, threads: int = 2) -> list[EpisodeResult]:
+    """Closed-loop episodes of one checkpoint (``closed_loop.evaluate``), optionally shorter for quick checks."""
+    from functools import partial
 
+    from ..model.checkpoint import read_manifest
     from ..runtime.policy import load_policy
-    from ..sim.closed_loop import run_episode
-    from ..sim.highway import DrivingSim
+    from ..sim.closed_loop import evaluate
 
-    policy = load_policy(checkpoint, backend)
-    results = []
-    with tqdm(total=len(scenarios) * len(seeds), desc=f"closed-loop {policy.model_version}",
-              disable=not progress) as bar:
-        for scenario in scenarios:
-            sim = DrivingSim(scenario, seeds[0], duration_s=duration_s)
-            for seed in seeds:
-                result, _ = run_episode(policy, scenario, seed, sim=sim)
-                results.append(result)
-                bar.set_postfix(scenario=scenario, ds=f"{result.driving_score:.2f}")
-                bar.update(1)
-            sim.close()
-    return results
+    factory = partial(load_policy, str(checkpoint), backend, threads=threads)
+    return evaluate(factory, scenarios, seeds, progress=progress, workers=workers, duration_s=duration_s,
+                    desc=f"closed-loop {read_manifest(checkpoint)['model_version']}")
 
 
 def _side(results: list[EpisodeResult]) -> dict:
@@ -92,7 +81,7 @@ def _pair_stats(base: list[EpisodeResult], cand: list[EpisodeResult]) -> dict:
 
 def compare_policies(baseline_ckpt, candidate_ckpt, scenarios=DEFAULT_SCENARIOS, seeds=None,
                      backend: str = "torch", episodes: int = 5, duration_s: float | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, workers: int = 0, threads: int = 2) -> dict:
     """Both checkpoints on the same held-out pairs; seeds default to the first ``episodes`` held-out seeds.
 
     Returns {"baseline", "candidate" (model versions), "per_scenario": {name: stats}, "overall": stats,
@@ -105,8 +94,8 @@ def compare_policies(baseline_ckpt, candidate_ckpt, scenarios=DEFAULT_SCENARIOS,
     seeds = list(seeds) if seeds is not None else list(HELDOUT_SEEDS[:episodes])
     if not scenarios or not seeds:
         raise ValueError("compare_policies needs at least one scenario and one seed")
-    base = run_policy(baseline_ckpt, scenarios, seeds, backend, duration_s, progress)
-    cand = run_policy(candidate_ckpt, scenarios, seeds, backend, duration_s, progress)
+    base = run_policy(baseline_ckpt, scenarios, seeds, backend, duration_s, progress, workers, threads)
+    cand = run_policy(candidate_ckpt, scenarios, seeds, backend, duration_s, progress, workers, threads)
     per_scenario = {s: _pair_stats([r for r in base if r.scenario == s], [r for r in cand if r.scenario == s])
                     for s in scenarios}
     return {
@@ -179,9 +168,11 @@ def _direct_accuracy(checkpoint, bag, backend: str, progress: bool) -> dict:
 # ------------------------------------------------------------------------------------------ gate
 def gate(current, candidate, replay_bag=None, scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
          tolerance: float = 0.02, accuracy_tolerance: float = 0.02, backend: str = "torch",
-         duration_s: float | None = None, work_dir=None, progress: bool = True) -> GateDecision:
+         duration_s: float | None = None, work_dir=None, progress: bool = True, workers: int = 0,
+         threads: int = 2) -> GateDecision:
     """Promote ``candidate`` over ``current``? See the module docstring for the rules."""
-    comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress)
+    comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress,
+                                  workers, threads)
     o = comparison["overall"]
     cur, cand = o["baseline"], o["candidate"]
     measured = (f"closed-loop DS {_pm(cand['driving_score'], cand['ds_ci95'])} vs current "

@@ -110,23 +110,71 @@ def run_episode(policy, scenario: str, seed: int, decision_hz: float = 2.0, plan
 
 
 def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], seeds: Iterable[int],
-             progress: bool = True, **kwargs) -> list[EpisodeResult]:
-    """Run every (scenario, seed) pair with one policy from ``policy_factory``; tqdm bar over episodes."""
+             progress: bool = True, workers: int = 0, duration_s: float | None = None,
+             desc: str = "closed-loop", **kwargs) -> list[EpisodeResult]:
+    """Run every (scenario, seed) pair, scenario-major; tqdm bar over episodes.
+
+    ``workers`` <= 1: one policy from ``policy_factory`` in this process. More: that many spawned processes,
+    each building its own policy (``policy_factory`` must pickle: a class or a ``functools.partial``) and
+    its own simulators. Episodes are independent and the simulator is deterministic, so the results are
+    the same either way, in the same order. ``duration_s`` overrides the scenarios' episode length.
+    """
     from tqdm import tqdm
 
-    scenarios, seeds = list(scenarios), list(seeds)
-    policy = policy_factory()
-    results = []
-    sims: dict[str, DrivingSim] = {}
-    with tqdm(total=len(scenarios) * len(seeds), desc="closed-loop", disable=not progress) as bar:
-        for scenario in scenarios:
-            for seed in seeds:
-                if scenario not in sims:
-                    sims[scenario] = DrivingSim(scenario, seed)
-                result, _ = run_episode(policy, scenario, seed, sim=sims[scenario], **kwargs)
-                results.append(result)
-                bar.set_postfix(scenario=scenario, ds=f"{result.driving_score:.2f}")
-                bar.update(1)
-    for sim in sims.values():
-        sim.close()
+    pairs = [(scenario, int(seed)) for scenario in scenarios for seed in seeds]
+    results: list[EpisodeResult | None] = [None] * len(pairs)
+    with tqdm(total=len(pairs), desc=desc, disable=not progress) as bar:
+        def done(i: int, result: EpisodeResult) -> None:
+            results[i] = result
+            bar.set_postfix(scenario=result.scenario, ds=f"{result.driving_score:.2f}")
+            bar.update(1)
+
+        if workers <= 1:
+            runner = _EpisodeRunner(policy_factory, duration_s, kwargs)
+            try:
+                for i, pair in enumerate(pairs):
+                    done(i, runner.run(*pair))
+            finally:
+                runner.close()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(policy_factory, duration_s, kwargs)) as pool:
+                futures = {pool.submit(_run_in_worker, *pair): i for i, pair in enumerate(pairs)}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
     return results
+
+
+class _EpisodeRunner:
+    """One policy and one simulator per scenario, reused over episodes."""
+
+    def __init__(self, policy_factory, duration_s: float | None, kwargs: dict):
+        self.policy, self.duration_s, self.kwargs = policy_factory(), duration_s, kwargs
+        self.sims: dict[str, DrivingSim] = {}
+
+    def run(self, scenario: str, seed: int) -> EpisodeResult:
+        if scenario not in self.sims:
+            self.sims[scenario] = DrivingSim(scenario, seed, duration_s=self.duration_s)
+        return run_episode(self.policy, scenario, seed, sim=self.sims[scenario], **self.kwargs)[0]
+
+    def close(self) -> None:
+        for sim in self.sims.values():
+            sim.close()
+
+
+_WORKER: _EpisodeRunner | None = None
+
+
+def _init_worker(policy_factory, duration_s, kwargs) -> None:
+    import os
+
+    global _WORKER
+    os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+    _WORKER = _EpisodeRunner(policy_factory, duration_s, kwargs)
+
+
+def _run_in_worker(scenario: str, seed: int) -> EpisodeResult:
+    return _WORKER.run(scenario, seed)
