@@ -17,7 +17,7 @@ from conftest import wait_until  # noqa: E402
 
 from vla_driver.core.control import PurePursuitPID  # noqa: E402
 from vla_driver.core.trajectory import TrajectorySpec, constant_motion  # noqa: E402
-from vla_driver.core.vocabulary import SPEED_SEMANTICS, Decision  # noqa: E402
+from vla_driver.core.vocabulary import SPEED_SEMANTICS, Decision, DecisionVocabulary  # noqa: E402
 from vla_driver.model.checkpoint import load_checkpoint, read_manifest, save_checkpoint  # noqa: E402
 from vla_driver.rl.online import BranchRewardConfig, TrainRLConfig, branch_reward, run_branches, train_rl  # noqa: E402
 
@@ -66,6 +66,41 @@ def test_branching_reward_ranks_the_crashing_decision_below_the_safe_one():
     assert sim.time == 0.0 and len(sim.env.road.vehicles) == 2
     again = run_branches(LiteralPlanner(), snapshot, PurePursuitPID(), decisions[2:], branches)
     assert again[0].progress_m == pytest.approx(outcomes[2].progress_m)  # restore() is exact: same outcome
+
+
+class FixedDecider(LiteralPlanner):
+    """LiteralPlanner that also decides: always ``decision`` (a log-probability table peaked on it)."""
+
+    vocab = DecisionVocabulary.preset("alphadrive")
+
+    def __init__(self, decision: Decision):
+        self.index = self.vocab.candidate_index(decision.speed, decision.path)
+
+    def decision_table(self, observations):
+        table = np.full((len(observations), self.vocab.num_candidates), -20.0)
+        table[:, self.index] = 0.0
+        return table.reshape(len(observations), len(self.vocab.speeds), len(self.vocab.paths))
+
+
+def test_branches_follow_on_with_the_policy_s_own_decisions_after_the_held_one():
+    """Accelerating for 0.5 s towards a slower car is harmless if the policy then stops, and a crash if it
+    keeps accelerating: the follow-on part of the branch is driven by the policy's decisions and scored."""
+    from vla_driver.sim.highway import DrivingSim
+
+    sim = DrivingSim("highway", seed=3)
+    slower_car_ahead(sim)
+    snapshot = sim.snapshot()
+    branches = [DrivingSim("highway", seed=3)]
+    accelerate = Decision("ACCELERATE", "STRAIGHT")
+    run = {name: run_branches(FixedDecider(Decision(name, "STRAIGHT")), snapshot, PurePursuitPID(), [accelerate],
+                              branches, horizon_s=0.5, follow_s=3.5)[0] for name in ("STOP", "ACCELERATE")}
+    short = run_branches(FixedDecider(accelerate), snapshot, PurePursuitPID(), [accelerate], branches, horizon_s=0.5)[0]
+    assert not short.collided and short.speeds.size == 6  # 0.5 s alone ends before the crash
+    assert run["ACCELERATE"].collided and not run["STOP"].collided
+    assert run["STOP"].speeds.size == 41 and run["STOP"].speeds[-1] < 1.0  # 4 s driven, stopped behind the car
+    assert run["STOP"].decision == accelerate  # the outcome belongs to the held decision
+    cfg = BranchRewardConfig(horizon_s=0.5, follow_s=3.5)
+    assert branch_reward(run["STOP"], 16.7, cfg)["total"] > branch_reward(run["ACCELERATE"], 16.7, cfg)["total"]
 
 
 def test_one_train_rl_iteration_with_two_process_workers_changes_only_the_decision_adapter(tiny_checkpoint, tmp_path):

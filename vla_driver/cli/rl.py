@@ -40,6 +40,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--scenarios", default=None, help=f"comma-separated (default {DEFAULT_SCENARIOS})")
     p.add_argument("--branch-every", type=int, default=None, help="decision points between branch points")
     p.add_argument("--horizon", type=float, default=None, help="seconds each branch holds its decision")
+    p.add_argument("--follow", type=float, default=None,
+                   help="seconds each branch then drives on with the policy's greedy decisions (scored too)")
     p.add_argument("--sparse-reward", action="store_true", help="MindDrive's -1/0/+1 instead of the dense reward")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
@@ -130,6 +132,8 @@ def train_rl_command(args) -> int:
         cfg.scenarios = tuple(_scenarios(args.scenarios))
     if args.horizon is not None:
         cfg.reward.horizon_s = args.horizon
+    if args.follow is not None:
+        cfg.reward.follow_s = args.follow
     cfg.reward.sparse = args.sparse_reward
     if args.lr is not None:
         cfg.grpo.lr = args.lr

@@ -6,15 +6,18 @@ cadence of :func:`vla_driver.sim.closed_loop.run_episode`). Every ``branch_every
 scene is ``snapshot()``-ed and G decisions are drawn from the policy's decision table (with the GRPO
 temperature). Each distinct decision is ``restore()``-d into its own branch simulator and held for
 ``horizon_s`` (3 s) while the action expert plans at ``plan_hz`` (the G branches step in lockstep, so
-their plans are one batched forward pass) and the controller drives. Its reward is scored from ground
-truth; the main episode then continues with the greedy decision, untouched by the branches.
+their plans are one batched forward pass) and the controller drives; with ``follow_s`` > 0 each branch
+then drives on for that long on the policy's own greedy decisions, so that what a decision sets up
+(a crash two seconds after it ended, a car left waiting at a junction) is scored too. Its reward is
+scored from ground truth; the main episode then continues with the greedy decision, untouched by the
+branches.
 
 Branch reward (``BranchRewardConfig``; weights default to ``core.rewards.TrajectoryRewardConfig``)::
 
     dense:  total = progress_weight * progress - collision_penalty * collision
                     - off_road_penalty * off_road - comfort_penalty * comfort
       progress  = 1 if the route was completed in the branch, else
-                  clip(route metres gained / (pace * horizon_s), 0, 1), pace = ``pace_mps`` or by default
+                  clip(route metres gained / (pace * (horizon_s + follow_s)), 0, 1), pace = ``pace_mps`` or by default
                   route length / the scenario's default episode duration (the average speed that
                   completes the route in time, so driving faster than that earns nothing more)
       collision = 1 if the ego crashed during the branch
@@ -68,6 +71,7 @@ class BranchRewardConfig:
     """How one branch is scored (formula in the module docstring)."""
 
     horizon_s: float = 3.0  # how long each branch holds its decision
+    follow_s: float = 0.0  # then the branch drives on this long on the policy's greedy decisions (scored too)
     sparse: bool = False  # MindDrive's -1 / 0 / +1 instead of the dense reward
     pace_mps: float | None = None  # speed that earns full progress; None: the route's pace (see above)
     progress_weight: float = _TRAJ_DEFAULTS.progress_weight
@@ -80,7 +84,7 @@ class BranchRewardConfig:
 
 @dataclass
 class TrainRLConfig:
-    """Defaults sized for 2 CPU cores: 2 workers of 1 thread, G = 4, 10 s episodes, 2 per iteration."""
+    """Defaults sized for 2 CPU cores: 2 workers of 1 thread, G = 4, full-length episodes, 2 per iteration."""
 
     iterations: int = 20
     workers: int = 2  # rollout processes (or Ray actors); 0 = roll out in this process
@@ -89,7 +93,7 @@ class TrainRLConfig:
     threads_per_worker: int = 1  # torch threads in each worker
     episodes_per_iteration: int = 2
     scenarios: tuple[str, ...] = ("highway", "merge", "roundabout", "intersection")
-    episode_s: float = 10.0  # short training episodes (the evaluation uses the scenarios' full length)
+    episode_s: float | None = None  # training episode length; None: the scenario's own (as in evaluation)
     seed_offset: int = 0  # episode k of the run uses TRAIN_SEEDS[seed_offset + k]
     decision_hz: float = 2.0
     plan_hz: float = 10.0
@@ -113,8 +117,9 @@ class TrainRLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if not (self.episode_s > 0 and self.reward.horizon_s > 0 and self.decision_hz > 0 and self.plan_hz > 0):
-            raise ValueError("episode_s, reward.horizon_s, decision_hz and plan_hz must be > 0")
+        if not ((self.episode_s is None or self.episode_s > 0) and self.reward.horizon_s > 0
+                and self.reward.follow_s >= 0 and self.decision_hz > 0 and self.plan_hz > 0):
+            raise ValueError("episode_s, reward.horizon_s, decision_hz and plan_hz must be > 0, follow_s >= 0")
 
 
 # ------------------------------------------------------------------------------------------ branches
@@ -193,9 +198,11 @@ class BranchOutcome:
 
 
 def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[Decision], sims: Sequence,
-                 horizon_s: float = 3.0, plan_hz: float = 10.0) -> list[BranchOutcome]:
+                 horizon_s: float = 3.0, plan_hz: float = 10.0, follow_s: float = 0.0,
+                 decision_hz: float = 2.0) -> list[BranchOutcome]:
     """Restore ``snapshot`` into one simulator per decision, hold each decision for ``horizon_s`` while
-    ``planner`` plans at ``plan_hz`` and a copy of ``controller`` drives; return the outcomes."""
+    ``planner`` plans at ``plan_hz`` and a copy of ``controller`` drives, then (``follow_s`` > 0) let
+    ``planner``'s own greedy decisions (``decision_table``, at ``decision_hz``) drive on; return the outcomes."""
     if len(sims) < len(decisions):
         raise ValueError(f"{len(decisions)} decisions but only {len(sims)} branch simulators")
     cars = []
@@ -204,7 +211,20 @@ def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[
         cars.append(_Car(sim, copy.deepcopy(controller)))
     dt = cars[0].sim.dt if cars else 0.1
     start = [car.sim.progress for car in cars]
-    drive(cars, decisions, planner, int(round(horizon_s / dt)), max(1, int(round(1.0 / (plan_hz * dt)))))
+    plan_every = max(1, int(round(1.0 / (plan_hz * dt))))
+    drive(cars, decisions, planner, int(round(horizon_s / dt)), plan_every)
+    follow_steps, period = int(round(follow_s / dt)), max(1, int(round(1.0 / (decision_hz * dt))))
+    current = list(decisions)
+    while follow_steps > 0:
+        live = [i for i, car in enumerate(cars) if not car.sim.done]
+        if not live:
+            break
+        tables = planner.decision_table([cars[i].sim.observation(render=getattr(planner, "needs_image", True))
+                                         for i in live])
+        for i, table in zip(live, tables, strict=True):
+            current[i] = Decision(*planner.vocab.candidate(greedy_candidate(np.exp(table.ravel()))))
+        drive(cars, current, planner, min(period, follow_steps), plan_every)
+        follow_steps -= period
     outcomes = []
     for car, decision, p0 in zip(cars, decisions, start, strict=True):
         ending = car.infos[-1].termination if car.infos else ""
@@ -225,7 +245,7 @@ def branch_reward(outcome: BranchOutcome, pace_mps: float, cfg: BranchRewardConf
     if cfg.sparse:
         total = -1.0 if collision or off_road else float(outcome.completed)
         return {"collision": collision, "off_road": off_road, "completed": float(outcome.completed), "total": total}
-    target_m = max(pace_mps * cfg.horizon_s, 1e-6)
+    target_m = max(pace_mps * (cfg.horizon_s + cfg.follow_s), 1e-6)
     progress = 1.0 if outcome.completed else float(np.clip(outcome.progress_m / target_m, 0.0, 1.0))
     v = outcome.speeds
     jerk = float(np.abs(np.diff(v, n=2)).mean()) / outcome.dt**2 if v.size >= 3 else 0.0
@@ -319,8 +339,8 @@ class RolloutWorker:
         if scenario not in self._sims:
             cfg = self.cfg
             main = DrivingSim(scenario, 0, duration_s=cfg.episode_s)
-            branches = [DrivingSim(scenario, 0, duration_s=cfg.episode_s + cfg.reward.horizon_s)
-                        for _ in range(cfg.group_size)]
+            extra = cfg.reward.horizon_s + cfg.reward.follow_s
+            branches = [DrivingSim(scenario, 0, duration_s=main.duration_s + extra) for _ in range(cfg.group_size)]
             self._sims[scenario] = (main, branches)
         return self._sims[scenario]
 
@@ -358,7 +378,7 @@ class RolloutWorker:
                 unique = [int(c) for c in np.unique(candidates)]
                 outcomes = run_branches(policy, main_sim.snapshot(), main.controller,
                                         [Decision(*policy.vocab.candidate(c)) for c in unique], branch_sims,
-                                        cfg.reward.horizon_s, cfg.plan_hz)
+                                        cfg.reward.horizon_s, cfg.plan_hz, cfg.reward.follow_s, cfg.decision_hz)
                 scored = {c: (branch_reward(o, pace, cfg.reward)["total"], o.collided)
                           for c, o in zip(unique, outcomes, strict=True)}
                 points.append(BranchPoint(obs, candidates, np.array([scored[int(c)][0] for c in candidates]),
