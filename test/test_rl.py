@@ -121,6 +121,24 @@ def test_one_train_rl_iteration_with_two_process_workers_changes_only_the_decisi
     assert changed == {"adapters/decision/adapter_model.safetensors"}, changed
 
 
+def test_groups_of_one_decision_are_kept_but_not_driven(tiny_checkpoint):
+    """At a near-zero temperature every draw is the greedy decision: zero advantages, so no branch is driven."""
+    import dataclasses
+
+    from vla_driver.rl.online import RolloutTask, RolloutWorker, decision_adapter_state
+
+    cfg = TrainRLConfig(workers=0, scenarios=("merge",), episode_s=2.0, branch_every=1, group_size=4)
+    cfg.grpo = dataclasses.replace(cfg.grpo, temperature=1e-4)
+    worker = RolloutWorker(str(tiny_checkpoint), cfg)
+    try:
+        result = worker.rollout(RolloutTask("merge", 0, 0, decision_adapter_state(worker.policy.model)))
+    finally:
+        worker.close()
+    assert len(result.points) == 4 and result.branches == 0  # decision points at 0, 0.5, 1 and 1.5 s
+    assert all(not p.simulated and np.ptp(p.candidates) == 0 for p in result.points)
+    assert result.sim_steps == 20 and result.episode.duration_s == pytest.approx(2.0)
+
+
 def head_checkpoint(src, dst, lateral: float):
     """A copy of ``src`` whose trajectory head ignores its inputs: straight ahead at the current speed
     (lateral=0), or veering ``lateral`` units to the left in every mode (drives off the road)."""

@@ -10,7 +10,8 @@ their plans are one batched forward pass) and the controller drives; with ``foll
 then drives on for that long on the policy's own greedy decisions, so that what a decision sets up
 (a crash two seconds after it ended, a car left waiting at a junction) is scored too. Its reward is
 scored from ground truth; the main episode then continues with the greedy decision, untouched by the
-branches.
+branches. A group whose G draws are all the same decision has zero advantages whatever it would score:
+it is kept (the KL term still sees it) but not driven, which on a confident policy skips most branches.
 
 Branch reward (``BranchRewardConfig``; weights default to ``core.rewards.TrajectoryRewardConfig``)::
 
@@ -302,6 +303,7 @@ class BranchPoint:
     candidates: np.ndarray  # (G,) flat candidate indices
     rewards: np.ndarray  # (G,)
     collided: np.ndarray  # (G,) bool
+    simulated: bool = True  # False: all G draws were one decision (zero advantages), nothing was driven
 
 
 @dataclass
@@ -376,13 +378,18 @@ class RolloutWorker:
             if index % cfg.branch_every == 0:
                 candidates = draw_group(table, cfg.group_size, cfg.grpo.temperature, rng)
                 unique = [int(c) for c in np.unique(candidates)]
-                outcomes = run_branches(policy, main_sim.snapshot(), main.controller,
+                if len(unique) == 1:  # equal rewards, zero advantages: only the KL term learns from it
+                    points.append(BranchPoint(obs, candidates, np.zeros(len(candidates)),
+                                              np.zeros(len(candidates), dtype=bool), simulated=False))
+                    unique = []
+                outcomes = [] if not unique else run_branches(policy, main_sim.snapshot(), main.controller,
                                         [Decision(*policy.vocab.candidate(c)) for c in unique], branch_sims,
                                         cfg.reward.horizon_s, cfg.plan_hz, cfg.reward.follow_s, cfg.decision_hz)
                 scored = {c: (branch_reward(o, pace, cfg.reward)["total"], o.collided)
                           for c, o in zip(unique, outcomes, strict=True)}
-                points.append(BranchPoint(obs, candidates, np.array([scored[int(c)][0] for c in candidates]),
-                                          np.array([scored[int(c)][1] for c in candidates])))
+                if unique:
+                    points.append(BranchPoint(obs, candidates, np.array([scored[int(c)][0] for c in candidates]),
+                                              np.array([scored[int(c)][1] for c in candidates])))
                 branches += len(unique)
                 branch_steps += sum(o.speeds.size - 1 for o in outcomes)
             decision = Decision(*policy.vocab.candidate(greedy_candidate(np.exp(table))))
@@ -573,8 +580,9 @@ def train_rl(from_checkpoint: str | Path, out: str | Path, cfg: TrainRLConfig | 
 def _iteration_record(it: int, results: list[RolloutResult], points: list[BranchPoint], rollout_s: float,
                       update_s: float, stats: dict) -> dict:
     branches = sum(r.branches for r in results)
-    rewards = np.concatenate([p.rewards for p in points]) if points else np.array([np.nan])
-    collided = np.concatenate([p.collided for p in points]) if points else np.array([np.nan])
+    driven = [p for p in points if p.simulated]
+    rewards = np.concatenate([p.rewards for p in driven]) if driven else np.array([np.nan])
+    collided = np.concatenate([p.collided for p in driven]) if driven else np.array([np.nan])
     return {
         "iteration": it, "episodes": len(results), "branch_points": len(points), "branches": branches,
         "sim_steps": sum(r.sim_steps for r in results), "rollout_s": rollout_s, "update_s": update_s,
