@@ -130,6 +130,8 @@ def test_groups_of_one_decision_are_kept_but_not_driven(tiny_checkpoint):
     cfg = TrainRLConfig(workers=0, scenarios=("merge",), episode_s=2.0, branch_every=1, group_size=4)
     cfg.grpo = dataclasses.replace(cfg.grpo, temperature=1e-4)
     worker = RolloutWorker(str(tiny_checkpoint), cfg)
+    # the action expert never changes in RL: it plans on ONNX Runtime; decisions use the learner's torch weights
+    assert worker.planner.backend_name == "onnxruntime" and worker.policy.backend_name == "torch"
     try:
         result = worker.rollout(RolloutTask("merge", 0, 0, decision_adapter_state(worker.policy.model)))
     finally:
