@@ -319,3 +319,14 @@ def test_ray_executor_without_ray_fails_with_a_clear_error(tiny_checkpoint):
         pytest.skip("ray is installed here")
     with pytest.raises(RuntimeError, match="--executor ray needs the 'ray' package"):
         make_executor(tiny_checkpoint, TrainRLConfig(executor="ray"))
+
+
+def test_gate_cli_evaluates_the_held_out_seeds_it_is_told(tiny_checkpoint, tmp_path, capsys):
+    from vla_driver.cli import main
+
+    report = tmp_path / "gate.json"
+    code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "2",
+                 "--seed-offset", "3", "--duration", "1", "--report", str(report)])
+    assert code == 0 and "PROMOTE" in capsys.readouterr().out  # a checkpoint is never worse than itself
+    pairs = json.loads(report.read_text())["metrics"]["closed_loop"]["pairs"]
+    assert [(p["scenario"], p["seed"]) for p in pairs] == [("merge", 100003), ("merge", 100004)]

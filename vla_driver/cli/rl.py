@@ -74,11 +74,20 @@ def register(sub, bench_sub) -> None:
 
 def _add_eval_arguments(p) -> None:
     p.add_argument("--episodes", type=int, default=5, help="held-out episodes per scenario")
+    p.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
     p.add_argument("--backend", default="torch")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads per policy")
     add_workers_argument(p)
+
+
+def _heldout_seeds(args) -> list[int]:
+    from ..sim.closed_loop import HELDOUT_SEEDS
+
+    if args.episodes < 1 or args.seed_offset < 0:
+        raise SystemExit("--episodes must be at least 1 and --seed-offset at least 0")
+    return list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
 
 
 def _checkpoint(path: str) -> str:
@@ -152,7 +161,7 @@ def gate_command(args) -> int:
     from ..rl.gate import format_comparison, gate
 
     decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay, _scenarios(args.scenarios),
-                    episodes=args.episodes, tolerance=args.tolerance, accuracy_tolerance=args.accuracy_tolerance,
+                    seeds=_heldout_seeds(args), tolerance=args.tolerance, accuracy_tolerance=args.accuracy_tolerance,
                     backend=args.backend, duration_s=args.duration, workers=args.workers, threads=args.threads)
     print(format_comparison(decision.metrics["closed_loop"], ("current", "candidate")))
     for reason in decision.reasons:
@@ -190,7 +199,7 @@ def rl_gain_command(args) -> int:
     from ..rl.gate import compare_policies, format_comparison
 
     comparison = compare_policies(_checkpoint(args.sft), _checkpoint(args.rl), _scenarios(args.scenarios),
-                                  episodes=args.episodes, backend=args.backend, duration_s=args.duration,
+                                  seeds=_heldout_seeds(args), backend=args.backend, duration_s=args.duration,
                                   workers=args.workers, threads=args.threads)
     print(format_comparison(comparison, ("SFT", "SFT+RL")))
     o = comparison["overall"]
