@@ -70,7 +70,7 @@ def test_from_scratch_base_trains_in_phase_one_only_and_fine_tunes_keep_it(dagge
     model = build_model(None, seed=0)
     initial = _base_weights(model)
     trainer = SFTTrainer(model, data, SFTConfig(action_steps=4, decision_steps=0, batch_size=4, threads=2,
-                                                train_base=True, base_decision_every=2))
+                                                train_base=True))
     trainer.train(progress=False)
     after_phase1 = _base_weights(model)
     assert any(not torch.equal(initial[n], after_phase1[n]) for n in initial)
@@ -112,3 +112,27 @@ def test_data_parallel_sft_keeps_replicas_identical_over_two_torchrun_processes(
     assert [r["processes"] for r in ranks] == [2, 2] and single["processes"] == 1
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["digest"] != single["digest"]
+
+
+def test_phase_one_trains_the_encoder_on_decisions_too(dagger_dir):
+    """With decision_weight > 0 the decision loss reaches the decision adapter AND the shared vision encoder in
+    phase 1; with 0 the decision adapter stays untouched (MindDrive: it is copied from the action one later)."""
+    from vla_driver.model.build import build_model
+    from vla_driver.rl.sft import SFTConfig, SFTTrainer, load_training_data
+
+    data = load_training_data([dagger_dir])
+
+    def run(weight: float):
+        model = build_model(None, seed=0)
+        before = {n: p.detach().clone() for n, p in model.llm.named_parameters() if ".decision." in n}
+        cfg = SFTConfig(action_steps=3, decision_steps=0, batch_size=4, threads=2, decision_weight=weight,
+                        init_decision_from_action=False)
+        SFTTrainer(model, data, cfg).train(progress=False)
+        decision = {n: p for n, p in model.llm.named_parameters() if ".decision." in n}
+        changed = any(not torch.equal(before[n], decision[n]) for n in before)
+        return changed, [p.detach().clone() for p in model.vision.parameters()]
+
+    joint_changed, joint_vision = run(1.0)
+    action_changed, action_vision = run(0.0)
+    assert joint_changed and not action_changed
+    assert any(not torch.equal(a, b) for a, b in zip(joint_vision, action_vision, strict=True))

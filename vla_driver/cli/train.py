@@ -16,6 +16,9 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--from-checkpoint", default="", help="start from this checkpoint instead of a fresh model")
     p.add_argument("--action-steps", type=int, default=None)
     p.add_argument("--decision-steps", type=int, default=None)
+    p.add_argument("--decision-weight", type=float, default=None,
+                   help="weight of the decision loss in phase 1 (default 1; 0: trajectories only, then the action "
+                        "adapter is copied into the decision adapter as in MindDrive)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     p.add_argument("--train-base", action="store_true",
@@ -41,7 +44,7 @@ def train_sft(args) -> int:
     from ..sim.highway import SCENARIOS
 
     cfg = SFTConfig(seed=args.seed, train_base=args.train_base)
-    for field in ("action_steps", "decision_steps", "batch_size", "threads"):
+    for field in ("action_steps", "decision_steps", "decision_weight", "batch_size", "threads"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
     scenarios = [s for s in args.scenarios.split(",") if s]

@@ -1,5 +1,12 @@
-"""Imitation (SFT) as in MindDrive: the action adapter learns trajectories, then the decision adapter learns
-decisions (initialised from the action adapter), each with only its own adapter trainable."""
+"""Imitation (SFT): the action adapter learns trajectories and the decision adapter learns decisions.
+
+Phase 1 trains the vision encoder, the ego projection and the trajectory head with BOTH adapters: every
+step adds the decision loss (decision adapter) to the trajectory loss (action adapter). The encoder is
+trained from scratch here, so without the decision loss it learns only what trajectories need: given
+the decision words in its prompt the action expert barely has to look at the car ahead, and a decision
+expert reading those features kept KEEP at 0.95 with 2 m to a slower leader. ``decision_weight=0`` gives
+MindDrive's recipe instead (action adapter only, then copied into the decision adapter). Phase 2 polishes
+the decision adapter alone on the frozen features."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +32,9 @@ log = logging.getLogger(__name__)
 class SFTConfig:
     """Defaults train the embedded tiny checkpoint in a few minutes on 2 CPU cores."""
 
-    action_steps: int = 1500  # optimizer steps for the action expert (vision, head, action LoRA)
-    decision_steps: int = 1000  # optimizer steps for the decision expert (decision LoRA)
+    action_steps: int = 1500  # phase 1 optimizer steps (vision, ego projection, head, action + decision LoRA)
+    decision_steps: int = 1000  # phase 2 optimizer steps (decision LoRA only, features frozen)
+    decision_weight: float = 1.0  # weight of the decision loss in phase 1 (0: trajectories only, MindDrive)
     batch_size: int = 32
     lr_modules: float = 1e-3  # vision encoder, ego projection, trajectory head
     lr_lora: float = 1e-3
@@ -34,11 +42,11 @@ class SFTConfig:
     # LLM). Off by default: lower imitation losses, but a closed-loop run with it drove worse (see README).
     train_base: bool = False
     lr_base: float = 5e-4
-    base_decision_every: int = 2  # with train_base: every N-th phase-1 step also fits decisions (0: never)
     weight_decay: float = 0.01
     all_modes_weight: float = 0.1  # weak supervision of the non-selected speed modes toward the truth
     label_smoothing: float = 0.05
-    init_decision_from_action: bool = True  # MindDrive: copy the IL action adapter into the decision adapter
+    # MindDrive: copy the IL action adapter into the decision adapter (only when phase 1 left it untrained)
+    init_decision_from_action: bool = True
     seed: int = 0
     threads: int = 2
 
@@ -82,9 +90,11 @@ class SFTTrainer:
         for _ in range(steps):
             yield self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False)
 
-    def _optimizer(self, adapter: str, with_modules: bool, with_base: bool = False):
-        self.model.select_adapter(adapter)
-        lora = [p for n, p in self.model.llm.named_parameters() if p.requires_grad and f".{adapter}." in n]
+    def _optimizer(self, adapters: tuple[str, ...], with_modules: bool, with_base: bool = False):
+        """AdamW over the LoRA weights of ``adapters`` (+ the base, + the vision/ego/head modules). Each
+        objective activates its adapter before its forward pass (see ``_activate``)."""
+        lora = [p for n, p in self.model.llm.named_parameters()
+                if "lora_" in n and any(f".{a}." in n for a in adapters)]
         groups = [{"params": lora, "lr": self.cfg.lr_lora}]
         base = [p for n, p in self.model.llm.named_parameters() if "lora_" not in n]
         for p in base:
@@ -110,6 +120,10 @@ class SFTTrainer:
         others = (F.l1_loss(modes, truth[:, None].expand_as(modes), reduction="none") * weights).mean()
         return loss + self.cfg.all_modes_weight * others
 
+    def _decision_objective(self, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        loss, acc = self.decision_loss(idx)
+        return loss, {"decision_acc": acc}
+
     def decision_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, float]:
         obs = observations_from(self.data, idx)
         table = self.model.decision_log_probs(*self.enc.batch(obs, self.enc.decision_rows(obs), self.device))
@@ -120,21 +134,34 @@ class SFTTrainer:
         acc = float((flat.argmax(1) == target).float().mean())
         return loss, acc
 
-    def _phase(self, name: str, steps: int, opt, loss_fn, progress: bool) -> None:
-        """``steps`` optimizer steps with a one-cycle schedule; ``loss_fn(idx) -> (loss, {metric: value})``."""
+    def _activate(self, adapter: str) -> None:
+        """Select ``adapter`` with exactly its LoRA weights trainable (peft's own switch skips the already
+        active adapter, so it would not undo a freeze)."""
+        self.model.select_adapter(adapter)
+        for n, p in self.model.llm.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(f".{adapter}." in n)
+
+    def _phase(self, name: str, steps: int, opt, objectives: list, progress: bool) -> None:
+        """``steps`` optimizer steps with a one-cycle schedule. ``objectives``: (adapter, weight, loss_fn) with
+        ``loss_fn(idx) -> (loss, {metric: value})``; each runs with its adapter active and is backpropagated
+        before the next one switches adapters (the switch freezes the other adapter's LoRA weights)."""
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
                                                     total_steps=max(1, steps), pct_start=0.1)
         bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}",
                    disable=not (progress and self.parallel.is_main))
         params = [p for g in opt.param_groups for p in g["params"]]
         for idx in bar:
-            loss, metrics = loss_fn(idx)
             opt.zero_grad()
-            loss.backward()
+            metrics = {}
+            for adapter, weight, loss_fn in objectives:
+                self._activate(adapter)
+                loss, extra = loss_fn(idx)
+                (weight * loss).backward()
+                metrics.update({f"{adapter}_loss": loss.item(), **extra})
             self.parallel.average_gradients(params)
             opt.step()
             sched.step()
-            metrics = {f"{name}_loss": loss.item(), **metrics}
             for key, value in metrics.items():
                 self.history[key].append(value)
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
@@ -144,36 +171,25 @@ class SFTTrainer:
         torch.set_num_threads(self.cfg.threads)
         self.model.to(self.device).train()
         start = time.time()
-        opt = self._optimizer("action", with_modules=True, with_base=self.cfg.train_base)
-        every = self.cfg.base_decision_every if self.cfg.train_base else 0
-        step = iter(range(self.cfg.action_steps))
-
-        def action_step(idx):
-            """Trajectories; with a trainable base also, now and then, decisions (the base serves both experts)."""
-            action = self.action_loss(idx)
-            if every and next(step) % every == every - 1:
-                return action + self.decision_loss(idx)[0], {"action_loss": action.item()}
-            return action, {}
-
-        self._phase("action", self.cfg.action_steps, opt, action_step, progress)
-        if self.cfg.init_decision_from_action:
+        action = ("action", 1.0, lambda idx: (self.action_loss(idx), {}))
+        decision = ("decision", 1.0, self._decision_objective)
+        joint = self.cfg.decision_weight > 0
+        phase1 = [action, ("decision", self.cfg.decision_weight, self._decision_objective)] if joint else [action]
+        opt = self._optimizer(("action", "decision") if joint else ("action",), with_modules=True,
+                              with_base=self.cfg.train_base)
+        self._phase("action", self.cfg.action_steps, opt, phase1, progress)
+        if self.cfg.init_decision_from_action and not joint:
             copy_adapter(self.model.llm, "action", "decision")
-
-        def decision_step(idx):
-            loss, acc = self.decision_loss(idx)
-            return loss, {"decision_acc": acc}
-
-        opt = self._optimizer("decision", with_modules=False)
-        self._phase("decision", self.cfg.decision_steps, opt, decision_step, progress)
+        opt = self._optimizer(("decision",), with_modules=False)
+        self._phase("decision", self.cfg.decision_steps, opt, [decision], progress)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.to("cpu").eval()
-        tail = max(1, min(50, self.cfg.decision_steps))
         return {
             "seconds": time.time() - start,
             "final_action_loss": float(np.mean(self.history["action_loss"][-50:] or [np.nan])),
-            "final_decision_loss": float(np.mean(self.history["decision_loss"][-tail:] or [np.nan])),
-            "final_decision_acc": float(np.mean(self.history["decision_acc"][-tail:] or [np.nan])),
+            "final_decision_loss": float(np.mean(self.history["decision_loss"][-50:] or [np.nan])),
+            "final_decision_acc": float(np.mean(self.history["decision_acc"][-50:] or [np.nan])),
             "processes": self.parallel.num_processes,
         }
 
