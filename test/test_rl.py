@@ -330,3 +330,27 @@ def test_gate_cli_evaluates_the_held_out_seeds_it_is_told(tiny_checkpoint, tmp_p
     assert code == 0 and "PROMOTE" in capsys.readouterr().out  # a checkpoint is never worse than itself
     pairs = json.loads(report.read_text())["metrics"]["closed_loop"]["pairs"]
     assert [(p["scenario"], p["seed"]) for p in pairs] == [("merge", 100003), ("merge", 100004)]
+
+
+def test_open_loop_bench_scores_each_checkpoint_against_the_logged_expert_decisions(tiny_checkpoint, tiny_policy,
+                                                                                    tmp_path, capsys):
+    from vla_driver.cli import main
+    from vla_driver.cli.replay import record_sim
+    from vla_driver.experience.reader import read_samples
+
+    bag = record_sim(tmp_path / "bags", "merge", seconds=5.0, policy="expert", seed=5, progress=False)
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_checkpoint, twin)
+    assert main(["bench", "open-loop", str(tiny_checkpoint), str(twin), "--bags", str(bag)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = report["policies"]
+    assert report["bench"] == "open_loop" and set(rows) == {Path(tiny_checkpoint).name, "twin"}
+    assert rows[Path(tiny_checkpoint).name] == rows["twin"]  # same weights, same inputs -> same row
+    spec = tiny_policy.spec
+    samples = read_samples([str(bag)], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=False)
+    assert report["samples"] == len(samples) > 0 and all(s.decision is not None for s in samples)
+    hits = [tiny_policy.decide(s.observation()).decision == Decision(s.decision.speed, s.decision.path)
+            for s in samples]
+    assert rows["twin"]["accuracy"] == pytest.approx(float(np.mean(hits)), abs=1e-4)
+    assert "Open-loop planning" in out and "twin" in out

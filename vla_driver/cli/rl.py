@@ -1,9 +1,10 @@
 """RL commands: ``refresh`` (offline, from bags), ``train-rl`` (online, in the simulator), ``gate``, ``promote``
-and ``bench rl-gain`` (SFT vs SFT+RL, closed loop)."""
+``bench rl-gain`` (SFT vs SFT+RL, closed loop) and ``bench open-loop`` (AlphaDrive's table on a replay set)."""
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 from .sim import _scenarios, add_workers_argument
@@ -70,6 +71,18 @@ def register(sub, bench_sub) -> None:
     b.add_argument("--rl", required=True, metavar="CKPT")
     _add_eval_arguments(b)
     b.set_defaults(func=rl_gain_command)
+
+    b = bench_sub.add_parser("open-loop", help="AlphaDrive's open-loop table (planning accuracy, F1 per class) "
+                                               "of checkpoints on the same held-out replay set")
+    b.add_argument("checkpoints", nargs="+", metavar="CKPT", help="e.g. the SFT and the SFT+GRPO checkpoint")
+    b.add_argument("--bags", nargs="+", default=[], help="replay set (default: record the expert on held-out seeds)")
+    b.add_argument("--episodes", type=int, default=2, help="expert drives per scenario to record")
+    b.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
+    b.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    b.add_argument("--seconds", type=float, default=20.0, help="length of each recorded drive")
+    b.add_argument("--out", default="", help="keep the recorded bags here (default: a temporary folder)")
+    b.add_argument("--backend", default="torch")
+    b.set_defaults(func=open_loop_command)
 
 
 def _add_eval_arguments(p) -> None:
@@ -208,4 +221,26 @@ def rl_gain_command(args) -> int:
           "rl_success_rate": o["candidate"]["success_rate"], "ds_diff": o["ds_diff"],
           "ds_diff_ci95": None if math.isnan(o["ds_diff_ci95"]) else o["ds_diff_ci95"],
           "episodes": o["baseline"]["episodes"]})
+    return 0
+
+
+def open_loop_command(args) -> int:
+    from ..bench import emit
+    from ..rl.gate import format_open_loop, open_loop_metrics
+    from .replay import record_sim
+
+    names = [Path(c).resolve().name for c in args.checkpoints]
+    if len(set(names)) != len(names):
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    checkpoints = dict(zip(names, (_checkpoint(c) for c in args.checkpoints), strict=True))
+    bags = list(args.bags)
+    if not bags:
+        out = Path(args.out or tempfile.mkdtemp(prefix="open_loop_"))
+        for scenario in _scenarios(args.scenarios):
+            for seed in _heldout_seeds(args):
+                bags.append(record_sim(out / f"{scenario}_{seed}", scenario, args.seconds, "expert", seed))
+    table = open_loop_metrics(checkpoints, bags, args.backend, progress=True)
+    print(format_open_loop(table))
+    emit({"bench": "open_loop", "bags": len(bags), "samples": next(iter(table.values()))["n"],
+          "policies": _clean({n: {k: v for k, v in m.items() if k != "n"} for n, m in table.items()})})
     return 0

@@ -146,23 +146,55 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
 
 
 def _direct_accuracy(checkpoint, bag, backend: str, progress: bool) -> dict:
+    metrics = open_loop_metrics({"policy": checkpoint}, [bag], backend, progress)["policy"]
+    return {"planning_accuracy": metrics.get("accuracy"), "samples": metrics["n"], "via": "reader + policy.decide"}
+
+
+def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress: bool = False) -> dict:
+    """AlphaDrive's open-loop table: ``{name: planning_metrics}`` of each checkpoint on the same samples.
+
+    The bags are read once; a sample's truth is its logged decision when that is in the vocabulary (the
+    expert's, in ``record-sim`` bags), else the decision matching the future ego motion. Each policy then
+    decides on every sample without ROS (``policy.decide``), so the policies see identical inputs.
+    """
     from ..core.labels import label_from_future
     from ..core.metrics import planning_metrics
     from ..core.vocabulary import Decision
     from ..experience.reader import read_samples
     from ..runtime.policy import load_policy
 
-    policy = load_policy(checkpoint, backend)
-    vocab, spec = policy.vocab, policy.spec
-    samples = read_samples(bag, horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
-    preds, truths = [], []
+    policies = {name: load_policy(path, backend) for name, path in checkpoints.items()}
+    vocab, spec = next(iter(policies.values())).vocab, next(iter(policies.values())).spec
+    samples = read_samples([str(b) for b in bags], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
+    truths = []
     for s in samples:
         d = s.decision
         logged = d is not None and d.speed in vocab.speeds and d.path in vocab.paths
         truths.append(Decision(d.speed, d.path) if logged else label_from_future(s.future_motion, s.speed, vocab, spec))
-        preds.append(policy.decide(s.observation()).decision)
-    accuracy = planning_metrics(preds, truths, vocab)["accuracy"] if preds else None
-    return {"planning_accuracy": accuracy, "samples": len(preds), "via": "reader + policy.decide"}
+    table = {}
+    for name, policy in policies.items():
+        if policy.vocab.words != vocab.words:
+            raise ValueError(f"{name} uses another decision vocabulary than {next(iter(policies))}")
+        preds = [policy.decide(s.observation()).decision for s in samples]
+        table[name] = planning_metrics(preds, truths, vocab) if preds else {"n": 0}
+    return table
+
+
+def format_open_loop(table: dict) -> str:
+    """One row per policy: accuracy, speed / path accuracy and macro F1, then F1 per word."""
+    words = next((list(m["f1"]) for m in table.values() if m.get("n")), [])
+    width = max([10] + [len(n) + 2 for n in table])
+    head = f"{'policy':<{width}}{'n':>6}{'acc':>7}{'speed':>7}{'path':>7}{'sF1':>7}{'pF1':>7}" + "".join(
+        f"{w[:8]:>9}" for w in words)
+    lines = ["Open-loop planning (AlphaDrive metrics; F1 per class, - where a class is absent)", head]
+    for name, m in table.items():
+        if not m.get("n"):
+            lines.append(f"{name:<{width}}{0:>6}  no samples")
+            continue
+        f1 = "".join(f"{'-' if math.isnan(m['f1'][w]) else format(m['f1'][w], '.3f'):>9}" for w in words)
+        lines.append(f"{name:<{width}}{m['n']:>6}{m['accuracy']:>7.3f}{m['speed_accuracy']:>7.3f}{m['path_accuracy']:>7.3f}"
+                     f"{m['speed_macro_f1']:>7.3f}{m['path_macro_f1']:>7.3f}{f1}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ gate
