@@ -121,8 +121,13 @@ def test_save_load_round_trip(tiny_checkpoint, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["vocabulary"]["speeds"][0] == "KEEP" and manifest["trajectory"]["num_waypoints"] == 6
     assert set(manifest["adapters"]) == {"decision", "action"}
-    assert all(f.endswith((".safetensors", ".json", ".md")) for f in manifest["files"])
+    assert all(f.endswith((".safetensors", ".json")) for f in manifest["files"])
     assert manifest["lineage"] == {"parent": "tiny"}
+    # saved again from elsewhere: the same files, so the same version; adapters name the checkpoint's own base
+    moved = save_checkpoint(again, tmp_path / "elsewhere" / "copy2", lineage={"parent": "tiny"})
+    assert json.loads((moved / "manifest.json").read_text())["model_version"] == manifest["model_version"]
+    adapter = json.loads((moved / "adapters" / "action" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "base" and adapter["target_modules"] == sorted(adapter["target_modules"])
 
 
 def test_tampered_and_pickle_checkpoints_refused(tiny_checkpoint, tmp_path):

@@ -12,6 +12,7 @@ Loading verifies every hash first and refuses pickle files, so a tampered or uns
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,6 +66,24 @@ def save_base_llm(base, out: Path) -> None:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
+@contextlib.contextmanager
+def _portable_adapter_configs(llm):
+    """Adapter configs name the base as ``base`` (the checkpoint's own folder) and list target modules
+    sorted, so a checkpoint's files, and so its version, depend neither on where it was trained nor on
+    set order."""
+    saved = {name: (c.base_model_name_or_path, c.target_modules) for name, c in llm.peft_config.items()}
+    for c in llm.peft_config.values():
+        c.base_model_name_or_path = "base"
+        if isinstance(c.target_modules, set | list | tuple):
+            c.target_modules = sorted(c.target_modules)
+    try:
+        yield
+    finally:
+        for name, (base, modules) in saved.items():
+            llm.peft_config[name].base_model_name_or_path = base
+            llm.peft_config[name].target_modules = modules
+
+
 def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, metrics: dict | None = None) -> Path:
     """Write atomically: build in a temp dir beside ``out_dir``, then rename over it."""
     out_dir = Path(out_dir)
@@ -74,7 +93,9 @@ def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, met
         llm = model.llm
         active = llm.active_adapter
         save_base_llm(llm.get_base_model(), tmp / "base")
-        llm.save_pretrained(tmp / "adapters", safe_serialization=True)  # one folder per adapter
+        with _portable_adapter_configs(llm):
+            llm.save_pretrained(tmp / "adapters", safe_serialization=True)  # one folder per adapter
+        (tmp / "adapters" / "README.md").unlink(missing_ok=True)  # peft's model card: only the local base path
         # peft writes the default-named adapter at the root; ours are all named, so move any stray files.
         for name in llm.peft_config:
             sub = tmp / "adapters" / name
