@@ -235,9 +235,10 @@ def open_loop_command(args) -> int:
     checkpoints = dict(zip(names, (_checkpoint(c) for c in args.checkpoints), strict=True))
     bags = list(args.bags)
     if not bags:
+        seeds = _heldout_seeds(args)
         out = Path(args.out or tempfile.mkdtemp(prefix="open_loop_"))
         for scenario in _scenarios(args.scenarios):
-            for seed in _heldout_seeds(args):
+            for seed in seeds:
                 bags.append(record_sim(out / f"{scenario}_{seed}", scenario, args.seconds, "expert", seed))
     table = open_loop_metrics(checkpoints, bags, args.backend, progress=True)
     print(format_open_loop(table))

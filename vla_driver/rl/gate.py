@@ -164,7 +164,8 @@ def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress:
     from ..runtime.policy import load_policy
 
     policies = {name: load_policy(path, backend) for name, path in checkpoints.items()}
-    vocab, spec = next(iter(policies.values())).vocab, next(iter(policies.values())).spec
+    first_name, first = next(iter(policies.items()))
+    vocab, spec = first.vocab, first.spec
     samples = read_samples([str(b) for b in bags], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
     truths = []
     for s in samples:
@@ -174,7 +175,7 @@ def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress:
     table = {}
     for name, policy in policies.items():
         if policy.vocab.words != vocab.words:
-            raise ValueError(f"{name} uses another decision vocabulary than {next(iter(policies))}")
+            raise ValueError(f"{name} uses another decision vocabulary than {first_name}")
         preds = [policy.decide(s.observation()).decision for s in samples]
         table[name] = planning_metrics(preds, truths, vocab) if preds else {"n": 0}
     return table

@@ -229,7 +229,7 @@ class _RoadLayer:
                     starts = s0 + np.arange(count) * G.STRIPE_SPACING
                     ends = starts + (G.STRIPE_LENGTH if kind == LineType.STRIPED else G.STRIPE_SPACING)
                 elif kind == LineType.CONTINUOUS_LINE:
-                    starts = np.array([s0 + 0 * G.STRIPE_SPACING])
+                    starts = np.array([s0])
                     ends = np.array([s0 + count * G.STRIPE_SPACING + G.STRIPE_LENGTH])
                 else:
                     continue
