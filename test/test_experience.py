@@ -391,6 +391,26 @@ def test_reader_round_trip_future_motion_decisions_and_takeovers(tmp_path, speed
         assert obs.speed == s.speed and obs.image is s.image
 
 
+def test_refresh_truth_is_the_future_motion_label_or_the_logged_decision_except_under_takeover(tmp_path):
+    from vla_driver.core.labels import label_from_future
+    from vla_driver.rl.refresh import load_experience
+
+    log_drive(tmp_path, drive_messages(speed=10.0), segment_duration_s=3.0)
+    spec = TrajectorySpec()
+    from_motion = load_experience([tmp_path], VOCAB, spec, progress=False)
+    from_log = load_experience([tmp_path], VOCAB, spec, progress=False, truth="logged")
+    samples = read_samples(tmp_path, progress=False)
+    assert len(from_log.truths) == len(samples) == 11 and from_log.takeover.sum() == 7  # takeover from t = 2 s
+    for k, s in enumerate(samples):
+        motion = label_from_future(s.future_motion, s.speed, VOCAB, spec)
+        logged = Decision(s.decision.speed, s.decision.path)
+        assert from_motion.truths[k] == motion and from_log.logged[k] == logged
+        assert from_log.truths[k] == (motion if from_log.takeover[k] else logged)
+    assert any(from_log.truths[k] != from_motion.truths[k] for k in range(4))  # the logged decisions cycle
+    with pytest.raises(ValueError, match="truth must be one of"):
+        load_experience([tmp_path], VOCAB, spec, progress=False, truth="human")
+
+
 @pytest.mark.parametrize("storage,image_kind", [(StoragePlugin.SQLITE3, "png"), (StoragePlugin.MCAP, "bgr8")])
 def test_reader_reads_bags_written_directly_with_rosbags(tmp_path, storage, image_kind):
     bag = tmp_path / "foreign"

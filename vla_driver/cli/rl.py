@@ -24,6 +24,9 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--beta-kl", type=float, default=None)
     p.add_argument("--takeover-penalty", type=float, default=None)
+    p.add_argument("--truth", choices=("future", "logged"), default=None,
+                   help="truth per sample: the decision matching the logged future motion (default; vehicle "
+                        "logs), or the logged decision (bags driven by the simulator's expert or annotated)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=refresh_command)
@@ -125,7 +128,7 @@ def refresh_command(args) -> int:
     from ..rl.refresh import RefreshConfig, refresh
 
     cfg = RefreshConfig()
-    for name in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty"):
+    for name in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty", "truth"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     for arg, name in (("group_size", "group_size"), ("lr", "lr"), ("beta_kl", "beta_kl"), ("seed", "seed")):

@@ -1,8 +1,11 @@
 """Offline RL refresh: logged bags -> samples -> (optional SFT warm-up) -> GRPO on the decision adapter.
 
-Truth for a sample is the decision that matches what the car actually did next (labels from the future
-ego motion; under a takeover that is the human's driving). Rewards per candidate are AlphaDrive's planning
-rewards against that truth, minus a strong penalty for the logged decision when a takeover followed it.
+Truth for a sample is, by default, the decision that matches what the car actually did next (labels from
+the future ego motion; under a takeover that is the human's driving). Bags driven by a trusted decision
+maker (the simulator's expert, or logs annotated with meta-actions) can use the logged decision instead
+(``truth="logged"``): the motion label is a heuristic that often disagrees with a meta-action the driver
+had already chosen. Rewards per candidate are AlphaDrive's planning rewards against that truth, minus a
+strong penalty for the logged decision when a takeover followed it.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class RefreshConfig:
     batch_size: int = 16
     takeover_penalty: float = 2.0  # subtracted from the reward of the logged decision that a takeover followed
     sample_period_s: float = 0.5
+    truth: str = "future"  # "future": label from the logged motion; "logged": the logged decision where trusted
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
@@ -43,9 +47,18 @@ class RefreshData:
     sources: list[str]
 
 
-def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: bool = True) -> RefreshData:
+TRUTH_SOURCES = ("future", "logged")
+
+
+def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: bool = True,
+                    truth: str = "future") -> RefreshData:
+    """``truth="logged"`` takes the logged decision as truth, except under a takeover (the driver who
+    was overruled is not the truth there) or where the bag holds no valid decision: those keep the
+    label from the future motion."""
     from ..experience.reader import read_samples
 
+    if truth not in TRUTH_SOURCES:
+        raise ValueError(f"truth must be one of {TRUTH_SOURCES}, got {truth!r}")
     samples = read_samples(paths, sample_period_s=sample_period_s, horizon_s=spec.horizon,
                            waypoint_dt_s=spec.dt, progress=progress)
     if not samples:
@@ -53,11 +66,12 @@ def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: 
     obs, truths, logged, takeover, sources = [], [], [], [], []
     for s in samples:
         obs.append(Observation(s.image, s.speed, s.navigation, s.accel, s.yaw_rate, s.stamp))
-        truths.append(label_from_future(s.future_motion, s.speed, vocab, spec))
         d = s.decision
         logged.append(Decision(d.speed, d.path) if d is not None and d.speed in vocab.speeds
                       and d.path in vocab.paths else None)
         takeover.append(bool(s.intervention or s.takeover))
+        trusted = truth == "logged" and logged[-1] is not None and not takeover[-1]
+        truths.append(logged[-1] if trusted else label_from_future(s.future_motion, s.speed, vocab, spec))
         sources.append(s.source)
     return RefreshData(obs, truths, logged, np.array(takeover), sources)
 
@@ -92,7 +106,7 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
     progress = progress and parallel.is_main
     model = load_checkpoint(from_checkpoint)
     start = time.perf_counter()
-    data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress)
+    data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress, cfg.truth)
     n = len(data.observations)
     history: dict[str, list[float]] = {"reward_mean": [], "kl": [], "policy_loss": []}
     if cfg.sft_steps:
