@@ -100,7 +100,10 @@ class SimBridgeNode(Node):
             if time.monotonic() - self._cycle_start > self.params.step_timeout_s:
                 self.missed_cycles += 1
                 self.diagnostics.count("missed_cycles")
-                self.diagnostics.set_status(WARN, f"no cmd_vel within {self.params.step_timeout_s} s")
+                message = (f"no cmd_vel within {self.params.step_timeout_s} s "
+                           f"(cycle {self.cycles}, t={self.sim.time:.1f} s)")
+                self.diagnostics.set_status(WARN, message)
+                self.get_logger().warn(message)
                 self._step(*self.last_command)
 
     def _on_command(self, msg: Twist) -> None:
