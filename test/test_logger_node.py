@@ -19,7 +19,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from nav_msgs.msg import Path as PathMsg  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
@@ -30,6 +29,7 @@ from vla_driver.core.trajectory import constant_motion, stop_trajectory  # noqa:
 from vla_driver.experience.reader import read_samples  # noqa: E402
 from vla_driver.experience.segments import KEEP_NAME, SegmentWriter, list_segments  # noqa: E402
 from vla_driver.nodes.convert import EgoState, rgb_to_image, state_to_odometry, trajectory_to_path  # noqa: E402
+from vla_driver.nodes.executor import MultiThreadedExecutor  # noqa: E402
 from vla_driver.nodes.logger_node import ROLES, LoggerNode, LoggerParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,6 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
 from nav_msgs.msg import Odometry, Path  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -43,6 +42,7 @@ from vla_driver.nodes.convert import (  # noqa: E402
     trajectory_to_path,
 )
 from vla_driver.nodes.decision_node import DecisionNode, DecisionParams  # noqa: E402
+from vla_driver.nodes.executor import MultiThreadedExecutor  # noqa: E402
 
 SPEED = 8.0
 DEADLINE_S = 60.0  # a wait for messages gives up after this; only a broken node should ever reach it
@@ -295,6 +295,49 @@ def test_simulator_episodes_run_through_the_bridge_and_all_nodes(tiny_checkpoint
         assert run.decisions and result.extras["nodes"]["controller"]["rate_hz"] == pytest.approx(10.0, rel=0.05)
         print(f"\n{result.scenario}: {result.termination}, {result.extras}")
     assert len(runs[0].frames) == 20 and runs[0].frames[0].shape == (128, 256, 3)
+
+
+def test_executor_dispatches_a_queued_callback_once_while_its_workers_are_busy():
+    """Jazzy's rclpy executor hands a queued callback to its pool again and again until a worker starts
+    it (ros2/rclpy#1452), spinning under the GIL; ours dispatches it once and waits for the worker."""
+    from rclpy.callback_groups import ReentrantCallbackGroup
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = Node("busy_worker", context=context)
+    executor = MultiThreadedExecutor(num_threads=1, context=context)  # one worker: the next message queues
+    executor.add_node(node)
+    runs = []
+
+    def slow(msg: String) -> None:
+        runs.append(msg.data)
+        time.sleep(0.3)
+
+    sub = node.create_subscription(String, "busy", slow, 10, callback_group=ReentrantCallbackGroup())
+    pub = node.create_publisher(String, "busy", 10)
+    dispatched, wait_for_ready = [], executor.wait_for_ready_callbacks
+
+    def counting(*args, **kwargs):
+        task, entity, owner = wait_for_ready(*args, **kwargs)
+        dispatched.append(entity)
+        return task, entity, owner
+
+    executor.wait_for_ready_callbacks = counting
+    try:
+        for i in range(3):
+            pub.publish(String(data=str(i)))
+        deadline = time.monotonic() + DEADLINE_S
+        while len(runs) < 3 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        time.sleep(0.4)  # the last callback ends; nothing may be dispatched meanwhile
+        executor.spin_once(timeout_sec=0.05)
+    finally:
+        stop_executor(executor)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert runs == ["0", "1", "2"]
+    # One dispatch per message; one more is a benign race (a worker took the task, not yet marked running).
+    assert 3 <= sum(entity is sub for entity in dispatched) <= 4
 
 
 def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout(harness):

@@ -193,7 +193,6 @@ def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_ve
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from nav_msgs.msg import Odometry
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
     from sensor_msgs.msg import Image
@@ -203,6 +202,7 @@ def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_ve
     from vla_driver.nodes.compose import stop_executor
     from vla_driver.nodes.convert import EgoState, rgb_to_image, state_to_odometry
     from vla_driver.nodes.decision_node import DecisionNode
+    from vla_driver.nodes.executor import MultiThreadedExecutor
 
     new_ckpt = build_random_checkpoint(tmp_path / "next", seed=1)
     new_version = read_manifest(new_ckpt)["model_version"]

@@ -564,7 +564,9 @@ def _executor(context, lockstep: bool):
     """Lockstep: the player itself calls decide/plan, so one thread only delivers messages and the Python
     multi-threaded executor's per-callback cost (futures, a thread pool) would be pure overhead. Free-running
     replays keep parallel threads so a slow decision does not delay the plan timer."""
-    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vla_driver.nodes.executor import MultiThreadedExecutor
 
     if lockstep:
         return SingleThreadedExecutor(context=context)

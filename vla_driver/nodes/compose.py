@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 
 from .action_node import ActionNode
 from .controller_node import ControllerNode
 from .decision_node import DecisionNode
+from .executor import MultiThreadedExecutor
 from .sim_bridge_node import SimBridgeNode
 
 

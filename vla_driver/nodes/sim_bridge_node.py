@@ -51,6 +51,7 @@ class SimBridgeParams:
 class SimBridgeNode(Node):
     TOPICS = ("image", "odom", "navigation", "cmd_vel", "episode")
     MAP_FRAME, BASE_FRAME, CAMERA_FRAME = "map", "base_link", "camera"
+    STARTUP_POLL_S = 0.05  # how often to look for the pipeline's subscribers before the first cycle
 
     def __init__(self, on_done: Callable | None = None, on_cycle: Callable[[int], None] | None = None,
                  record_frames: bool = False, **node_kwargs):
@@ -81,7 +82,15 @@ class SimBridgeNode(Node):
         stepping = MutuallyExclusiveCallbackGroup()  # commands and the watchdog never step at once
         self.create_subscription(Twist, "cmd_vel", self.diagnostics.guard("cmd_vel", self._on_command), 10,
                                  callback_group=stepping)
-        self.create_timer(0.01, self._watchdog, stepping, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._startup_timer = self.create_timer(self.STARTUP_POLL_S, self._start_when_connected, stepping,
+                                                 clock=steady)
+        # One wake-up per missed cycle, not a 10 ms poll: in a composed process every executor wake-up
+        # rebuilds the wait set of all nodes in Python under the GIL (~16 dispatches per cycle otherwise).
+        self._watchdog = None
+        if p.step_timeout_s > 0:
+            self._watchdog = self.create_timer(p.step_timeout_s, self._on_step_timeout, stepping, clock=steady,
+                                               autostart=False)
 
     @property
     def episode_done(self) -> bool:
@@ -93,18 +102,23 @@ class SimBridgeNode(Node):
                 and self.odom_publisher.get_subscription_count() > 0
                 and self.count_publishers(self.resolve_topic_name("cmd_vel")) > 0)
 
-    def _watchdog(self) -> None:
+    def _start_when_connected(self) -> None:
         if self._state == "starting" and self._graph_ready():
+            self._startup_timer.cancel()
             self._publish_cycle()
-        elif self._state == "waiting" and self.params.step_timeout_s > 0:
-            if time.monotonic() - self._cycle_start > self.params.step_timeout_s:
-                self.missed_cycles += 1
-                self.diagnostics.count("missed_cycles")
-                message = (f"no cmd_vel within {self.params.step_timeout_s} s "
-                           f"(cycle {self.cycles}, t={self.sim.time:.1f} s)")
-                self.diagnostics.set_status(WARN, message)
-                self.get_logger().warn(message)
-                self._step(*self.last_command)
+
+    def _on_step_timeout(self) -> None:
+        """The cycle's command is over ``step_timeout_s`` late: step with the last one, count a miss."""
+        waited = time.monotonic() - self._cycle_start
+        if self._state != "waiting" or waited < self.params.step_timeout_s:
+            return  # the command came as the timer fired; the next cycle restarted the timer
+        self.missed_cycles += 1
+        self.diagnostics.count("missed_cycles")
+        message = (f"no cmd_vel within {self.params.step_timeout_s} s "
+                   f"(cycle {self.cycles}, t={self.sim.time:.1f} s)")
+        self.diagnostics.set_status(WARN, message)
+        self.get_logger().warn(message)
+        self._step(*self.last_command)
 
     def _on_command(self, msg: Twist) -> None:
         speed, yaw_rate = msg.linear.x, msg.angular.z
@@ -127,6 +141,8 @@ class SimBridgeNode(Node):
         if self.frames is not None:
             self.frames.append(obs.image)
         self._state, self._cycle_start = "waiting", time.monotonic()
+        if self._watchdog is not None:
+            self._watchdog.reset()  # fires step_timeout_s from now unless the next cycle resets it first
 
     def _step(self, speed: float, yaw_rate: float) -> None:
         latency_ms = (time.monotonic() - self._cycle_start) * 1e3
@@ -160,6 +176,8 @@ class SimBridgeNode(Node):
 
     def _finish(self, error: str = "") -> None:
         self._state = "done"
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         try:
             self.result = self.sim.result()
         except Exception as e:  # noqa: BLE001 - a broken simulator still yields a (failed) result
