@@ -68,6 +68,29 @@ def test_branching_reward_ranks_the_crashing_decision_below_the_safe_one():
     assert again[0].progress_m == pytest.approx(outcomes[2].progress_m)  # restore() is exact: same outcome
 
 
+def test_headway_term_ranks_closing_in_on_a_slower_car_below_braking_before_any_crash():
+    """Held 1.5 s, KEEP crashes nobody yet and gains more route than DECELERATE; only its headway, 0.63 s
+    behind the slower car against 1.33 s, tells the two apart in DECELERATE's favour."""
+    from vla_driver.sim.highway import DrivingSim
+
+    sim = DrivingSim("highway", seed=3)
+    slower_car_ahead(sim)
+    assert sim.time_headway() == pytest.approx((25.0 - 5.0) / 15.0)  # bumper gap / ego speed
+    decisions = [Decision("KEEP", "STRAIGHT"), Decision("DECELERATE", "STRAIGHT")]
+    keep, decelerate = run_branches(LiteralPlanner(), sim.snapshot(), PurePursuitPID(), decisions,
+                                    [DrivingSim("highway", seed=3) for _ in decisions], horizon_s=1.5)
+    assert not keep.collided and not decelerate.collided
+    assert keep.min_headway_s == pytest.approx((25.0 - 5.0 - (15.0 - 8.0) * 1.5) / 15.0, abs=0.05)
+    assert decelerate.min_headway_s > 1.3
+    plain, with_headway = BranchRewardConfig(horizon_s=1.5), BranchRewardConfig(horizon_s=1.5, headway_s=2.0)
+    assert branch_reward(keep, 16.7, plain)["total"] > branch_reward(decelerate, 16.7, plain)["total"]
+    scored = [branch_reward(o, 16.7, with_headway) for o in (keep, decelerate)]
+    assert scored[0]["tailgating"] == pytest.approx(1 - keep.min_headway_s / 2.0)
+    assert scored[0]["total"] < scored[1]["total"]
+    sim.vehicle.speed = 0.0
+    assert sim.time_headway() == float("inf")  # standing still: no headway to keep
+
+
 class FixedDecider(LiteralPlanner):
     """LiteralPlanner that also decides: always ``decision`` (a log-probability table peaked on it)."""
 

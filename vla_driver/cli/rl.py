@@ -47,6 +47,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--follow", type=float, default=None,
                    help="seconds each branch then drives on with the policy's greedy decisions (scored too)")
     p.add_argument("--sparse-reward", action="store_true", help="MindDrive's -1/0/+1 instead of the dense reward")
+    p.add_argument("--headway", type=float, default=None,
+                   help="penalise branches whose time headway to the car ahead drops below this many seconds")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
     p.set_defaults(func=train_rl_command)
@@ -159,6 +161,8 @@ def train_rl_command(args) -> int:
         cfg.reward.horizon_s = args.horizon
     if args.follow is not None:
         cfg.reward.follow_s = args.follow
+    if args.headway is not None:
+        cfg.reward.headway_s = args.headway
     cfg.reward.sparse = args.sparse_reward
     if args.lr is not None:
         cfg.grpo.lr = args.lr

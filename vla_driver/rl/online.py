@@ -17,6 +17,7 @@ Branch reward (``BranchRewardConfig``; weights default to ``core.rewards.Traject
 
     dense:  total = progress_weight * progress - collision_penalty * collision
                     - off_road_penalty * off_road - comfort_penalty * comfort
+                    - headway_penalty * tailgating (only with headway_s > 0)
       progress  = 1 if the route was completed in the branch, else
                   clip(route metres gained / (pace * (horizon_s + follow_s)), 0, 1), pace = ``pace_mps`` or by default
                   route length / the scenario's default episode duration (the average speed that
@@ -24,6 +25,8 @@ Branch reward (``BranchRewardConfig``; weights default to ``core.rewards.Traject
       collision = 1 if the ego crashed during the branch
       off_road  = 1 if the ego left the drivable area, or the episode ended off road / off route
       comfort   = min(1, max(0, mean|jerk| / max_jerk - 1)) + min(1, max(0, max|v yaw_rate| / max_lat - 1))
+      tailgating = clip(1 - min time headway to the car ahead in the ego's lane / headway_s, 0, 1): a
+                  branch that ends a few metres behind a slower car has not crashed yet, but will
     sparse (MindDrive): total = -1 on collision / off road / off route, +1 on route completion, else 0
 
 The GRPO update (``rl/grpo.py``) then uses those rewards, with advantages relative to the group: only
@@ -43,6 +46,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -79,6 +83,8 @@ class BranchRewardConfig:
     collision_penalty: float = _TRAJ_DEFAULTS.collision_penalty
     off_road_penalty: float = _TRAJ_DEFAULTS.off_road_penalty
     comfort_penalty: float = _TRAJ_DEFAULTS.comfort_penalty
+    headway_s: float = 0.0  # time headway to the car ahead below which a branch pays; 0 = no headway term
+    headway_penalty: float = 1.0  # paid in full at zero headway, linearly less up to headway_s
     max_jerk: float = _TRAJ_DEFAULTS.max_jerk  # m/s^3, bound on the branch's mean |longitudinal jerk|
     max_lateral_accel: float = _TRAJ_DEFAULTS.max_lateral_accel  # m/s^2
 
@@ -135,6 +141,7 @@ class _Car:
     plan_time: float = 0.0
     infos: list = field(default_factory=list)  # StepInfo per step
     poses: list = field(default_factory=list)  # (x, y, yaw, speed) before the first and after each step
+    headways: list = field(default_factory=list)  # time headway to the car ahead (s) after each step
 
 
 def plan_batch(planner, observations: list[Observation], decisions: list[Decision]) -> list[Trajectory]:
@@ -181,6 +188,7 @@ def drive(cars: list[_Car], decisions: list[Decision], planner, steps: int, plan
                                                          elapsed=car.sim.time - car.plan_time)
             car.infos.append(car.sim.step(speed_cmd, yaw_rate))
             car.poses.append(car.sim.ego_pose())
+            car.headways.append(car.sim.time_headway())
 
 
 @dataclass
@@ -196,6 +204,7 @@ class BranchOutcome:
     yaws: np.ndarray  # rad, same steps
     dt: float
     termination: str = ""
+    min_headway_s: float = math.inf  # closest time headway to a car ahead in the ego's lane
 
 
 def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[Decision], sims: Sequence,
@@ -237,6 +246,7 @@ def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[
             collided=any(i.crashed for i in car.infos),
             off_road=any(i.off_road for i in car.infos) or ending in OFF_ROUTE_ENDINGS,
             completed=ending == "completed", speeds=poses[:, 3], yaws=poses[:, 2], dt=dt, termination=ending,
+            min_headway_s=min(car.headways, default=math.inf),
         ))
     return outcomes
 
@@ -256,10 +266,12 @@ def branch_reward(outcome: BranchOutcome, pace_mps: float, cfg: BranchRewardConf
     lateral = float(np.abs(v[1:] * yaw_rate).max()) if v.size >= 2 else 0.0
     comfort = (min(1.0, max(0.0, jerk / cfg.max_jerk - 1.0))
                + min(1.0, max(0.0, lateral / cfg.max_lateral_accel - 1.0)))
+    tailgating = 0.0 if cfg.headway_s <= 0 else float(np.clip(1.0 - outcome.min_headway_s / cfg.headway_s, 0, 1))
     total = (cfg.progress_weight * progress - cfg.collision_penalty * collision
-             - cfg.off_road_penalty * off_road - cfg.comfort_penalty * comfort)
+             - cfg.off_road_penalty * off_road - cfg.comfort_penalty * comfort - cfg.headway_penalty * tailgating)
     return {"progress": progress, "progress_m": outcome.progress_m, "collision": collision, "off_road": off_road,
-            "comfort": comfort, "mean_jerk": jerk, "max_lateral_accel": lateral, "total": float(total)}
+            "comfort": comfort, "mean_jerk": jerk, "max_lateral_accel": lateral, "tailgating": tailgating,
+            "total": float(total)}
 
 
 def draw_group(log_table: np.ndarray, size: int, temperature: float, rng: np.random.Generator) -> np.ndarray:

@@ -448,6 +448,18 @@ class DrivingSim:
         return Observation(image=image, speed=float(self.vehicle.speed), navigation=self.navigation(),
                            accel=self._state.accel, yaw_rate=self._state.yaw_rate, stamp=self._state.time)
 
+    def time_headway(self) -> float:
+        """Seconds until the ego reaches where the car ahead in its lane is now (bumper gap / ego speed);
+        inf with no car ahead or below 0.5 m/s. Privileged: from the scene, not the camera."""
+        ego, road = self.vehicle, self._env.road
+        front, _ = road.neighbour_vehicles(ego, ego.lane_index)
+        if front is None or ego.speed < 0.5:
+            return math.inf
+        lane = road.network.get_lane(ego.lane_index)
+        gap = (lane.local_coordinates(front.position)[0] - lane.local_coordinates(ego.position)[0]
+               - (ego.LENGTH + getattr(front, "LENGTH", ego.LENGTH)) / 2)
+        return max(gap, 0.0) / ego.speed
+
     # ------------------------------------------------------------------ acting
     def _action(self, speed_cmd: float, yaw_rate_cmd: float) -> np.ndarray:
         v = float(self.vehicle.speed)
