@@ -1,5 +1,6 @@
 """Online RL by branching, the promotion gate and registry, checkpoint hot swap in the nodes, refresh CLI."""
 import json
+import math
 import os
 import shutil
 import threading
@@ -87,6 +88,8 @@ def test_headway_term_ranks_closing_in_on_a_slower_car_below_braking_before_any_
     scored = [branch_reward(o, 16.7, with_headway) for o in (keep, decelerate)]
     assert scored[0]["tailgating"] == pytest.approx(1 - keep.min_headway_s / 2.0)
     assert scored[0]["total"] < scored[1]["total"]
+    sim.env.road.vehicles[1].heading += math.pi / 2
+    assert sim.time_headway() == float("inf")  # a car crossing our lane is not one to follow
     sim.vehicle.speed = 0.0
     assert sim.time_headway() == float("inf")  # standing still: no headway to keep
 

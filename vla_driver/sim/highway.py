@@ -450,14 +450,23 @@ class DrivingSim:
 
     def time_headway(self) -> float:
         """Seconds until the ego reaches where the car ahead in its lane is now (bumper gap / ego speed);
-        inf with no car ahead or below 0.5 m/s. Privileged: from the scene, not the camera."""
+        inf with no car ahead or below 0.5 m/s. Only cars heading within 45 degrees of the ego's lane
+        count: a car crossing a junction is not one to follow. Privileged: from the scene, not the camera."""
         ego, road = self.vehicle, self._env.road
-        front, _ = road.neighbour_vehicles(ego, ego.lane_index)
-        if front is None or ego.speed < 0.5:
+        if ego.speed < 0.5 or not ego.lane_index:
             return math.inf
         lane = road.network.get_lane(ego.lane_index)
-        gap = (lane.local_coordinates(front.position)[0] - lane.local_coordinates(ego.position)[0]
-               - (ego.LENGTH + getattr(front, "LENGTH", ego.LENGTH)) / 2)
+        s_ego = lane.local_coordinates(ego.position)[0]
+        gap = math.inf
+        for other in road.vehicles:
+            if other is ego:
+                continue
+            s, lat = lane.local_coordinates(other.position)
+            if s <= s_ego or not lane.on_lane(other.position, s, lat):
+                continue
+            if math.cos(other.heading - lane.heading_at(s)) < math.cos(math.pi / 4):
+                continue
+            gap = min(gap, s - s_ego - (ego.LENGTH + getattr(other, "LENGTH", ego.LENGTH)) / 2)
         return max(gap, 0.0) / ego.speed
 
     # ------------------------------------------------------------------ acting
