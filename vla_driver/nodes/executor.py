@@ -6,43 +6,40 @@ So while the pool's workers are busy, the spin thread loops rebuilding the wait 
 in Python, holding the GIL that the callbacks it waits for need. Measured on the composed loop
 (2 cores, py-spy --gil): the executor's own code held the GIL for 58-70 % of the samples, ~250
 dispatches per 10 Hz cycle, and a cycle now and then stalled past the bridge's 1 s timeout while
-its callbacks used 16 ms of CPU. Here the spin thread waits until a worker has picked the task up.
+its callbacks used 16 ms of CPU. Here the pool's ``submit`` returns once a worker has picked the task up.
 """
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from rclpy.executors import (
-    ConditionReachedException,
-    ExternalShutdownException,
-    ShutdownException,
-    TimeoutException,
-)
 from rclpy.executors import MultiThreadedExecutor as _RclpyMultiThreadedExecutor
 
 
-class MultiThreadedExecutor(_RclpyMultiThreadedExecutor):
-    """Drop-in MultiThreadedExecutor: the same thread pool and callback groups, one dispatch per callback."""
+class _HandoffPool(ThreadPoolExecutor):
+    """A thread pool whose ``submit`` returns only once a worker has started the call (or it was cancelled)."""
 
-    HANDOFF_POLL_S = 0.05  # how often the waiting spin thread looks for shutdown
+    POLL_S = 0.05  # how often a waiting submitter looks for a cancelled call
 
-    def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
-        try:
-            task, _entity, _node = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
-        except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
-            return
+    def submit(self, fn, /, *args, **kwargs) -> Future:
         started = threading.Event()
 
-        def run() -> None:
+        def run():
             started.set()
-            task()
+            return fn(*args, **kwargs)
 
-        self._executor.submit(run)
-        self._futures.append(task)
-        # A queued task must not be yielded again: wait (GIL released) until a worker runs it.
-        while not started.wait(self.HANDOFF_POLL_S) and not self._is_shutdown:
+        future = super().submit(run)
+        while not started.wait(self.POLL_S) and not future.done():  # waits with the GIL released
             pass
-        for future in self._futures[:]:
-            if future.done():
-                self._futures.remove(future)
-                future.result()  # raise any exception of a callback, as rclpy's executor does
+        return future
+
+
+class MultiThreadedExecutor(_RclpyMultiThreadedExecutor):
+    """Drop-in MultiThreadedExecutor: rclpy's own spin loop and callback groups; its pool hands each task
+    to a worker before the loop goes back to the wait set, so a queued task is never yielded twice."""
+
+    def __init__(self, num_threads: int | None = None, *, context=None):
+        super().__init__(num_threads, context=context)
+        workers = self._executor._max_workers  # rclpy's choice when num_threads is None
+        self._executor.shutdown(wait=False)  # it has started no thread yet
+        self._executor = _HandoffPool(workers)
