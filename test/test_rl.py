@@ -79,7 +79,8 @@ def test_headway_term_ranks_closing_in_on_a_slower_car_below_braking_before_any_
     assert sim.time_headway() == pytest.approx((25.0 - 5.0) / 15.0)  # bumper gap / ego speed
     decisions = [Decision("KEEP", "STRAIGHT"), Decision("DECELERATE", "STRAIGHT")]
     keep, decelerate = run_branches(LiteralPlanner(), sim.snapshot(), PurePursuitPID(), decisions,
-                                    [DrivingSim("highway", seed=3) for _ in decisions], horizon_s=1.5)
+                                    [DrivingSim("highway", seed=3) for _ in decisions], horizon_s=1.5,
+                                    track_headway=True)
     assert not keep.collided and not decelerate.collided
     assert keep.min_headway_s == pytest.approx((25.0 - 5.0 - (15.0 - 8.0) * 1.5) / 15.0, abs=0.05)
     assert decelerate.min_headway_s > 1.3

@@ -141,6 +141,7 @@ class _Car:
     plan_time: float = 0.0
     infos: list = field(default_factory=list)  # StepInfo per step
     poses: list = field(default_factory=list)  # (x, y, yaw, speed) before the first and after each step
+    track_headway: bool = False  # record the time headway after each step (only the headway term needs it)
     headways: list = field(default_factory=list)  # time headway to the car ahead (s) after each step
 
 
@@ -188,7 +189,8 @@ def drive(cars: list[_Car], decisions: list[Decision], planner, steps: int, plan
                                                          elapsed=car.sim.time - car.plan_time)
             car.infos.append(car.sim.step(speed_cmd, yaw_rate))
             car.poses.append(car.sim.ego_pose())
-            car.headways.append(car.sim.time_headway())
+            if car.track_headway:
+                car.headways.append(car.sim.time_headway())
 
 
 @dataclass
@@ -209,18 +211,18 @@ class BranchOutcome:
 
 def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[Decision], sims: Sequence,
                  horizon_s: float = 3.0, plan_hz: float = 10.0, follow_s: float = 0.0,
-                 decision_hz: float = 2.0, decider=None) -> list[BranchOutcome]:
+                 decision_hz: float = 2.0, decider=None, track_headway: bool = False) -> list[BranchOutcome]:
     """Restore ``snapshot`` into one simulator per decision, hold each decision for ``horizon_s`` while
     ``planner`` plans at ``plan_hz`` and a copy of ``controller`` drives, then (``follow_s`` > 0) let the
     greedy decisions of ``decider`` (default: ``planner``; ``decision_table``, at ``decision_hz``) drive on;
-    return the outcomes."""
+    return the outcomes (``min_headway_s`` stays inf unless ``track_headway``)."""
     decider = decider or planner
     if len(sims) < len(decisions):
         raise ValueError(f"{len(decisions)} decisions but only {len(sims)} branch simulators")
     cars = []
     for sim in sims[:len(decisions)]:
         sim.restore(snapshot)
-        cars.append(_Car(sim, copy.deepcopy(controller)))
+        cars.append(_Car(sim, copy.deepcopy(controller), track_headway=track_headway))
     dt = cars[0].sim.dt if cars else 0.1
     start = [car.sim.progress for car in cars]
     plan_every = max(1, int(round(1.0 / (plan_hz * dt))))
@@ -409,7 +411,8 @@ class RolloutWorker:
                 outcomes = [] if not unique else run_branches(
                     self.planner, main_sim.snapshot(), main.controller,
                     [Decision(*policy.vocab.candidate(c)) for c in unique], branch_sims, cfg.reward.horizon_s,
-                    cfg.plan_hz, cfg.reward.follow_s, cfg.decision_hz, decider=policy)
+                    cfg.plan_hz, cfg.reward.follow_s, cfg.decision_hz, decider=policy,
+                    track_headway=cfg.reward.headway_s > 0)
                 scored = {c: (branch_reward(o, pace, cfg.reward)["total"], o.collided)
                           for c, o in zip(unique, outcomes, strict=True)}
                 if unique:
