@@ -71,7 +71,7 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--precision", default="fp16", help="TensorRT engine precision (when TensorRT is here)")
     p.set_defaults(func=promote_command)
 
-    b = bench_sub.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95% CI")
+    b = bench_sub.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95%% CI")
     b.add_argument("--sft", required=True, metavar="CKPT")
     b.add_argument("--rl", required=True, metavar="CKPT")
     _add_eval_arguments(b)

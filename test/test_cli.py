@@ -1,0 +1,23 @@
+"""The command line: every subcommand's --help renders (argparse formats help lazily, so a stray '%' only
+fails when a user asks for help)."""
+
+import argparse
+
+from vla_driver.cli import build_parser
+
+
+def _parsers(parser: argparse.ArgumentParser, prog: str = "vla-driver"):
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prog} {name}")
+
+
+def test_every_subcommand_help_renders():
+    seen = []
+    for prog, parser in _parsers(build_parser()):
+        text = parser.format_help()
+        assert text.startswith("usage:"), prog
+        seen.append(prog)
+    assert {"vla-driver train-rl", "vla-driver bench rl-gain", "vla-driver eval"} <= set(seen)
