@@ -21,3 +21,11 @@ def test_every_subcommand_help_renders():
         assert text.startswith("usage:"), prog
         seen.append(prog)
     assert {"vla-driver train-rl", "vla-driver bench rl-gain", "vla-driver eval"} <= set(seen)
+
+
+def test_train_rl_refuses_a_negative_collision_penalty_before_loading_anything(tmp_path, capsys):
+    args = build_parser().parse_args(["train-rl", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "rl"),
+                                      "--collision-penalty", "-1", "--headway", "1.5"])
+    assert args.func(args) == 2
+    assert "collision_penalty" in capsys.readouterr().out
+    assert not (tmp_path / "rl").exists()

@@ -49,6 +49,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--sparse-reward", action="store_true", help="MindDrive's -1/0/+1 instead of the dense reward")
     p.add_argument("--headway", type=float, default=None,
                    help="penalise branches whose time headway to the car ahead drops below this many seconds")
+    p.add_argument("--collision-penalty", type=float, default=None,
+                   help="what a branch that crashes pays (default 2.0; a crash ends a Driving Score episode at x0.6)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
     p.set_defaults(func=train_rl_command)
@@ -163,6 +165,8 @@ def train_rl_command(args) -> int:
         cfg.reward.follow_s = args.follow
     if args.headway is not None:
         cfg.reward.headway_s = args.headway
+    if args.collision_penalty is not None:
+        cfg.reward.collision_penalty = args.collision_penalty
     cfg.reward.sparse = args.sparse_reward
     if args.lr is not None:
         cfg.grpo.lr = args.lr

@@ -127,6 +127,8 @@ class TrainRLConfig:
         if not ((self.episode_s is None or self.episode_s > 0) and self.reward.horizon_s > 0
                 and self.reward.follow_s >= 0 and self.decision_hz > 0 and self.plan_hz > 0):
             raise ValueError("episode_s, reward.horizon_s, decision_hz and plan_hz must be > 0, follow_s >= 0")
+        if self.reward.collision_penalty < 0 or self.reward.headway_s < 0:
+            raise ValueError("reward.collision_penalty and reward.headway_s must be >= 0")
 
 
 # ------------------------------------------------------------------------------------------ branches
