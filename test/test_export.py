@@ -120,3 +120,46 @@ def test_graphs_accept_other_camera_sizes(exported):
     torch_policy = load_policy(exported, backend="torch")
     assert ort_policy.backend_name == "onnxruntime"
     np.testing.assert_allclose(ort_policy.decision_table([obs]), torch_policy.decision_table([obs]), atol=1e-4)
+
+
+_EXPORT_IN_CHILD = """
+import sys, time
+from pathlib import Path
+import vla_driver.runtime.export as export
+from vla_driver.model.checkpoint import sha256_file
+from vla_driver.runtime.policy import ensure_exported
+
+ckpt, ready, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+real, exports = export.export_checkpoint, []
+export.export_checkpoint = lambda *a, **k: exports.append(1) or real(*a, **k)
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+specs = ensure_exported(ckpt, sha256_file(ckpt / "manifest.json"))
+print(len(exports), sorted(s.onnx_sha256 for s in specs.values()))
+"""
+
+
+def test_processes_opening_one_checkpoint_at_once_export_it_once(tiny_checkpoint, tmp_path):
+    """``eval --workers 2`` on a fresh checkpoint: both workers want graphs at the same moment."""
+    import subprocess
+    import sys
+    import time
+
+    from vla_driver.model.checkpoint import sha256_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt, ignore=shutil.ignore_patterns("onnx", "engines"))
+    children = [subprocess.Popen([sys.executable, "-c", _EXPORT_IN_CHILD, str(ckpt), str(tmp_path / f"ready{i}"),
+                                  str(tmp_path / "go")], stdout=subprocess.PIPE, text=True) for i in range(2)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert all(c.poll() is None for c in children), "a child died before the start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [c.communicate(timeout=300)[0].split(maxsplit=1) for c in children]
+    assert all(c.returncode == 0 for c in children)
+    assert sorted(int(n) for n, _ in outputs) == [0, 1]  # one exported, the other waited and reused its graphs
+    assert outputs[0][1] == outputs[1][1]
+    for spec in load_graph_specs(ckpt / "onnx" / SPEC_FILE):
+        assert sha256_file(ckpt / "onnx" / spec.onnx_file) == spec.onnx_sha256
+    assert not list(ckpt.glob(".onnx-*"))  # no staging folder left behind

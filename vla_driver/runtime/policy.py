@@ -175,20 +175,47 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
 
 
 def ensure_exported(path: Path, checkpoint_sha: str) -> dict:
-    """Graphs for this exact checkpoint and exporter: reuse ``<ckpt>/onnx`` when its specs name both."""
-    from .export import SPEC_FILE, export_checkpoint, exporter_id
+    """Graphs for this exact checkpoint and exporter: reuse ``<ckpt>/onnx`` when its specs name both.
+
+    Processes that open one checkpoint at once (``eval --workers``) export it once: the first to take
+    ``<ckpt>/.onnx.lock`` exports into a temporary folder renamed into place, the others wait for the lock
+    and then reuse its graphs (they used to export side by side and read each other's half-written files)."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    from .export import export_checkpoint
+
+    with open(path / ".onnx.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        specs = _current_graphs(path / "onnx", checkpoint_sha)
+        if specs is not None:
+            return specs
+        log.info("exporting ONNX graphs to %s", path / "onnx")
+        staging = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path))
+        try:
+            specs = {s.name: s for s in export_checkpoint(path, staging)}
+            shutil.rmtree(path / "onnx", ignore_errors=True)
+            staging.rename(path / "onnx")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return specs
+
+
+def _current_graphs(graph_dir: Path, checkpoint_sha: str) -> dict | None:
+    """The specs in ``graph_dir`` if they were exported from this checkpoint by this exporter, else None."""
+    from .export import SPEC_FILE, exporter_id
     from .graph_spec import load_graph_specs
 
-    spec_file = path / "onnx" / SPEC_FILE
-    if spec_file.is_file():
-        specs = {s.name: s for s in load_graph_specs(spec_file)}
-        stale = [f"{s.name} ({'checkpoint' if s.checkpoint_sha256 != checkpoint_sha else 'exporter ' + repr(s.exporter)})"
-                 for s in specs.values() if s.checkpoint_sha256 != checkpoint_sha or s.exporter != exporter_id()]
-        if not stale:
-            return specs
-        log.warning("ONNX graphs in %s are stale (%s); re-exporting", spec_file.parent, ", ".join(stale))
-    log.info("exporting ONNX graphs to %s", path / "onnx")
-    return {s.name: s for s in export_checkpoint(path, path / "onnx")}
+    if not (graph_dir / SPEC_FILE).is_file():
+        return None
+    specs = {s.name: s for s in load_graph_specs(graph_dir / SPEC_FILE)}
+    stale = [f"{s.name} ({'checkpoint' if s.checkpoint_sha256 != checkpoint_sha else 'exporter ' + repr(s.exporter)})"
+             for s in specs.values() if s.checkpoint_sha256 != checkpoint_sha or s.exporter != exporter_id()]
+    if not stale:
+        return specs
+    log.warning("ONNX graphs in %s are stale (%s); re-exporting", graph_dir, ", ".join(stale))
+    return None
 
 
 def open_engines(engine_dir: Path, specs: dict, precision: str, allow_rebuild: bool):
