@@ -7,12 +7,14 @@ import math
 import tempfile
 from pathlib import Path
 
-from .sim import _scenarios, add_workers_argument
+from .sim import _scenarios, add_workers_argument, override_from_args
 
 DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
 
 def register(sub, bench_sub) -> None:
+    from ..core.rewards import TrajectoryRewardConfig
+
     p = sub.add_parser("refresh", help="offline RL refresh of the decision adapter from logged experience bags")
     p.add_argument("--experience", nargs="+", required=True, metavar="DIR", help="bag dirs / segment folders")
     p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CHECKPOINT")
@@ -50,7 +52,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--headway", type=float, default=None,
                    help="penalise branches whose time headway to the car ahead drops below this many seconds")
     p.add_argument("--collision-penalty", type=float, default=None,
-                   help="what a branch that crashes pays (default 2.0; a crash ends a Driving Score episode at x0.6)")
+                   help=f"what a branch that crashes pays (default {TrajectoryRewardConfig.collision_penalty}; "
+                        "a crash ends a Driving Score episode at x0.6)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
     p.set_defaults(func=train_rl_command)
@@ -132,12 +135,8 @@ def refresh_command(args) -> int:
     from ..rl.refresh import RefreshConfig, refresh
 
     cfg = RefreshConfig()
-    for name in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty", "truth"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    for arg, name in (("group_size", "group_size"), ("lr", "lr"), ("beta_kl", "beta_kl"), ("seed", "seed")):
-        if getattr(args, arg) is not None:
-            setattr(cfg.grpo, name, getattr(args, arg))
+    override_from_args(cfg, args, {n: n for n in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty", "truth")})
+    override_from_args(cfg.grpo, args, {n: n for n in ("group_size", "lr", "beta_kl", "seed")})
     missing = [d for d in args.experience if not Path(d).exists()]
     if missing:
         raise SystemExit(f"experience not found: {missing}")
@@ -152,24 +151,15 @@ def train_rl_command(args) -> int:
     from ..rl.online import TrainRLConfig, train_rl
 
     cfg = TrainRLConfig(executor=args.executor, ray_address=args.ray_address)
-    for arg, name in (("iterations", "iterations"), ("workers", "workers"), ("group", "group_size"),
-                      ("episodes_per_iteration", "episodes_per_iteration"), ("episode_seconds", "episode_s"),
-                      ("branch_every", "branch_every"), ("seed_offset", "seed_offset")):
-        if getattr(args, arg) is not None:
-            setattr(cfg, name, getattr(args, arg))
+    override_from_args(cfg, args, {"iterations": "iterations", "workers": "workers", "group": "group_size",
+                                   "episodes_per_iteration": "episodes_per_iteration", "episode_seconds": "episode_s",
+                                   "branch_every": "branch_every", "seed_offset": "seed_offset"})
+    override_from_args(cfg.reward, args, {"horizon": "horizon_s", "follow": "follow_s", "headway": "headway_s",
+                                          "collision_penalty": "collision_penalty"})
+    override_from_args(cfg.grpo, args, {"lr": "lr"})
     if args.scenarios:
         cfg.scenarios = tuple(_scenarios(args.scenarios))
-    if args.horizon is not None:
-        cfg.reward.horizon_s = args.horizon
-    if args.follow is not None:
-        cfg.reward.follow_s = args.follow
-    if args.headway is not None:
-        cfg.reward.headway_s = args.headway
-    if args.collision_penalty is not None:
-        cfg.reward.collision_penalty = args.collision_penalty
     cfg.reward.sparse = args.sparse_reward
-    if args.lr is not None:
-        cfg.grpo.lr = args.lr
     try:
         cfg.validate()
         report = train_rl(_checkpoint(args.from_checkpoint), args.out, cfg)

@@ -52,6 +52,14 @@ def add_workers_argument(parser) -> None:
                              "the results do not depend on it")
 
 
+def override_from_args(config, args, fields: dict[str, str]) -> None:
+    """Set ``config.<field>`` from ``args.<arg>`` for each given (not None) option; the rest keep the
+    dataclass defaults."""
+    for arg, name in fields.items():
+        if getattr(args, arg) is not None:
+            setattr(config, name, getattr(args, arg))
+
+
 def _scenarios(text: str) -> list[str]:
     from ..sim.highway import SCENARIOS
 

@@ -42,11 +42,11 @@ def train_sft(args) -> int:
     from ..sim.closed_loop import TRAIN_SEEDS
     from ..sim.dataset import record_expert_dataset
     from ..sim.highway import SCENARIOS
+    from .sim import override_from_args
 
     cfg = SFTConfig(seed=args.seed, train_base=args.train_base)
-    for field in ("action_steps", "decision_steps", "decision_weight", "batch_size", "threads"):
-        if getattr(args, field) is not None:
-            setattr(cfg, field, getattr(args, field))
+    override_from_args(cfg, args, {n: n for n in ("action_steps", "decision_steps", "decision_weight", "batch_size",
+                                                  "threads")})
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
