@@ -143,8 +143,8 @@ class _Car:
     plan_time: float = 0.0
     infos: list = field(default_factory=list)  # StepInfo per step
     poses: list = field(default_factory=list)  # (x, y, yaw, speed) before the first and after each step
-    track_headway: bool = False  # record the time headway after each step (only the headway term needs it)
-    headways: list = field(default_factory=list)  # time headway to the car ahead (s) after each step
+    track_headway: bool = False  # measure the time headway after each step (only the headway term needs it)
+    min_headway_s: float = math.inf  # closest time headway to the car ahead (s) so far
 
 
 def plan_batch(planner, observations: list[Observation], decisions: list[Decision]) -> list[Trajectory]:
@@ -192,7 +192,7 @@ def drive(cars: list[_Car], decisions: list[Decision], planner, steps: int, plan
             car.infos.append(car.sim.step(speed_cmd, yaw_rate))
             car.poses.append(car.sim.ego_pose())
             if car.track_headway:
-                car.headways.append(car.sim.time_headway())
+                car.min_headway_s = min(car.min_headway_s, car.sim.time_headway())
 
 
 @dataclass
@@ -250,7 +250,7 @@ def run_branches(planner, snapshot, controller: PurePursuitPID, decisions: list[
             collided=any(i.crashed for i in car.infos),
             off_road=any(i.off_road for i in car.infos) or ending in OFF_ROUTE_ENDINGS,
             completed=ending == "completed", speeds=poses[:, 3], yaws=poses[:, 2], dt=dt, termination=ending,
-            min_headway_s=min(car.headways, default=math.inf),
+            min_headway_s=car.min_headway_s,
         ))
     return outcomes
 
