@@ -130,6 +130,32 @@ def test_branches_follow_on_with_the_policy_s_own_decisions_after_the_held_one()
     assert branch_reward(run["STOP"], 16.7, cfg)["total"] > branch_reward(run["ACCELERATE"], 16.7, cfg)["total"]
 
 
+def test_standing_still_until_the_blocked_timeout_pays_the_blocked_penalty_and_driving_on_does_not():
+    """The ego has stood on an empty highway for 8 s of its 10 s blocked allowance: holding STOP for 3 s
+    more ends the episode blocked (the timer survives snapshot / restore), ACCELERATE drives away."""
+    from vla_driver.sim.highway import BLOCKED_S, DrivingSim
+
+    sim = DrivingSim("highway", seed=3)
+    sim.vehicle.speed = 0.0
+    sim.env.road.vehicles[:] = [sim.vehicle]
+    start = sim.progress
+    while sim.time < BLOCKED_S - 2.0 - 1e-9:
+        sim.step(0.0, 0.0)
+    assert not sim.done and sim.progress - start < 1.0
+    decisions = [Decision("STOP", "STRAIGHT"), Decision("ACCELERATE", "STRAIGHT")]
+    stop, accelerate = run_branches(LiteralPlanner(), sim.snapshot(), PurePursuitPID(), decisions,
+                                    [DrivingSim("highway", seed=3) for _ in decisions], horizon_s=3.0)
+    assert stop.termination == "blocked" and accelerate.termination == "" and accelerate.progress_m > 1.0
+    free, charged = BranchRewardConfig(), BranchRewardConfig(blocked_penalty=1.5)
+    for cfg in (free, charged):
+        scored = [branch_reward(o, 16.7, cfg) for o in (stop, accelerate)]
+        assert [s["blocked"] for s in scored] == [1.0, 0.0]
+        assert scored[1]["total"] == pytest.approx(branch_reward(accelerate, 16.7, free)["total"])
+    assert branch_reward(stop, 16.7, charged)["total"] == pytest.approx(branch_reward(stop, 16.7, free)["total"] - 1.5)
+    with pytest.raises(ValueError, match="blocked_penalty"):
+        TrainRLConfig(reward=BranchRewardConfig(blocked_penalty=-1.0)).validate()
+
+
 def test_one_train_rl_iteration_with_two_process_workers_changes_only_the_decision_adapter(tiny_checkpoint, tmp_path):
     cfg = TrainRLConfig(iterations=1, workers=2, episodes_per_iteration=2, scenarios=("highway", "merge"),
                         episode_s=1.0, branch_every=1, group_size=3, batch_size=8,

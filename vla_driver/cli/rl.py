@@ -54,6 +54,9 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--collision-penalty", type=float, default=None,
                    help=f"what a branch that crashes pays (default {TrajectoryRewardConfig.collision_penalty}; "
                         "a crash ends a Driving Score episode at x0.6)")
+    p.add_argument("--blocked-penalty", type=float, default=None,
+                   help="what a branch that ends the episode blocked pays besides the progress it forgoes "
+                        "(Driving Score charges being blocked x0.7; unset: nothing)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
     p.set_defaults(func=train_rl_command)
@@ -155,7 +158,8 @@ def train_rl_command(args) -> int:
                                    "episodes_per_iteration": "episodes_per_iteration", "episode_seconds": "episode_s",
                                    "branch_every": "branch_every", "seed_offset": "seed_offset"})
     override_from_args(cfg.reward, args, {"horizon": "horizon_s", "follow": "follow_s", "headway": "headway_s",
-                                          "collision_penalty": "collision_penalty"})
+                                          "collision_penalty": "collision_penalty",
+                                          "blocked_penalty": "blocked_penalty"})
     override_from_args(cfg.grpo, args, {"lr": "lr"})
     if args.scenarios:
         cfg.scenarios = tuple(_scenarios(args.scenarios))

@@ -17,7 +17,7 @@ Branch reward (``BranchRewardConfig``; weights default to ``core.rewards.Traject
 
     dense:  total = progress_weight * progress - collision_penalty * collision
                     - off_road_penalty * off_road - comfort_penalty * comfort
-                    - headway_penalty * tailgating (only with headway_s > 0)
+                    - headway_penalty * tailgating (only with headway_s > 0) - blocked_penalty * blocked
       progress  = 1 if the route was completed in the branch, else
                   clip(route metres gained / (pace * (horizon_s + follow_s)), 0, 1), pace = ``pace_mps`` or by default
                   route length / the scenario's default episode duration (the average speed that
@@ -85,6 +85,7 @@ class BranchRewardConfig:
     comfort_penalty: float = _TRAJ_DEFAULTS.comfort_penalty
     headway_s: float = 0.0  # time headway to the car ahead below which a branch pays; 0 = no headway term
     headway_penalty: float = 1.0  # paid in full at zero headway, linearly less up to headway_s
+    blocked_penalty: float = 0.0  # paid by a branch that ends the episode blocked; 0 = standing still is free
     max_jerk: float = _TRAJ_DEFAULTS.max_jerk  # m/s^3, bound on the branch's mean |longitudinal jerk|
     max_lateral_accel: float = _TRAJ_DEFAULTS.max_lateral_accel  # m/s^2
 
@@ -127,8 +128,8 @@ class TrainRLConfig:
         if not ((self.episode_s is None or self.episode_s > 0) and self.reward.horizon_s > 0
                 and self.reward.follow_s >= 0 and self.decision_hz > 0 and self.plan_hz > 0):
             raise ValueError("episode_s, reward.horizon_s, decision_hz and plan_hz must be > 0, follow_s >= 0")
-        if self.reward.collision_penalty < 0 or self.reward.headway_s < 0:
-            raise ValueError("reward.collision_penalty and reward.headway_s must be >= 0")
+        if min(self.reward.collision_penalty, self.reward.blocked_penalty, self.reward.headway_s) < 0:
+            raise ValueError("reward.collision_penalty, reward.blocked_penalty and reward.headway_s must be >= 0")
 
 
 # ------------------------------------------------------------------------------------------ branches
@@ -271,11 +272,13 @@ def branch_reward(outcome: BranchOutcome, pace_mps: float, cfg: BranchRewardConf
     comfort = (min(1.0, max(0.0, jerk / cfg.max_jerk - 1.0))
                + min(1.0, max(0.0, lateral / cfg.max_lateral_accel - 1.0)))
     tailgating = 0.0 if cfg.headway_s <= 0 else float(np.clip(1.0 - outcome.min_headway_s / cfg.headway_s, 0, 1))
+    blocked = float(outcome.termination == "blocked")
     total = (cfg.progress_weight * progress - cfg.collision_penalty * collision
-             - cfg.off_road_penalty * off_road - cfg.comfort_penalty * comfort - cfg.headway_penalty * tailgating)
+             - cfg.off_road_penalty * off_road - cfg.comfort_penalty * comfort - cfg.headway_penalty * tailgating
+             - cfg.blocked_penalty * blocked)
     return {"progress": progress, "progress_m": outcome.progress_m, "collision": collision, "off_road": off_road,
             "comfort": comfort, "mean_jerk": jerk, "max_lateral_accel": lateral, "tailgating": tailgating,
-            "total": float(total)}
+            "blocked": blocked, "total": float(total)}
 
 
 def draw_group(log_table: np.ndarray, size: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
