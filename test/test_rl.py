@@ -385,6 +385,22 @@ def test_gate_cli_evaluates_the_held_out_seeds_it_is_told(tiny_checkpoint, tmp_p
     assert [(p["scenario"], p["seed"]) for p in pairs] == [("merge", 100003), ("merge", 100004)]
 
 
+def test_rl_gain_writes_every_episode_pair_and_eval_compare_refuses_options_it_cannot_honour(tiny_checkpoint,
+                                                                                            tmp_path, capsys):
+    from vla_driver.cli import main
+
+    out = tmp_path / "gain.json"
+    assert main(["bench", "rl-gain", "--sft", str(tiny_checkpoint), "--rl", str(tiny_checkpoint), "--scenarios",
+                 "merge", "--episodes", "2", "--duration", "1", "--json-out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads(out.read_text())
+    assert [(p["scenario"], p["seed"]) for p in saved["pairs"]] == [("merge", 100000), ("merge", 100001)]
+    assert saved["overall"]["ds_diff"] == line["ds_diff"] == 0.0  # a checkpoint against itself
+    for extra in (["--gif", str(tmp_path / "a.gif")], ["--expert-json", str(out)]):
+        with pytest.raises(SystemExit, match="--policy"):
+            main(["eval", "--compare", str(tiny_checkpoint), str(tiny_checkpoint), *extra])
+
+
 def test_open_loop_bench_scores_each_checkpoint_against_the_logged_expert_decisions(tiny_checkpoint, tiny_policy,
                                                                                     tmp_path, capsys):
     from vla_driver.cli import main

@@ -82,6 +82,7 @@ def register(sub, bench_sub) -> None:
     b = bench_sub.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95%% CI")
     b.add_argument("--sft", required=True, metavar="CKPT")
     b.add_argument("--rl", required=True, metavar="CKPT")
+    b.add_argument("--json-out", default="", help="also write the comparison, every episode pair included, here")
     _add_eval_arguments(b)
     b.set_defaults(func=rl_gain_command)
 
@@ -220,6 +221,8 @@ def rl_gain_command(args) -> int:
                                   seeds=_heldout_seeds(args), backend=args.backend, duration_s=args.duration,
                                   workers=args.workers, threads=args.threads)
     print(format_comparison(comparison, ("SFT", "SFT+RL")))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(_clean(comparison), indent=1))
     o = comparison["overall"]
     emit({"bench": "rl_gain", "sft_driving_score": o["baseline"]["driving_score"],
           "rl_driving_score": o["candidate"]["driving_score"], "sft_success_rate": o["baseline"]["success_rate"],

@@ -15,7 +15,9 @@ def register(sub, bench_sub) -> None:
         parser.add_argument("--episodes", type=int, default=5, help="episodes per scenario (held-out seeds)")
         parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
         parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
-        parser.add_argument("--json-out", default="", help="also write every episode result to this JSON file")
+        parser.add_argument("--json-out", default="",
+                            help="also write every episode result (with --compare: the comparison, every episode "
+                                 "pair included) to this JSON file")
         parser.add_argument("--expert-json", default="",
                             help="reuse the expert's results on the same seeds (an earlier `eval --policy expert "
                                  "--json-out`) instead of driving the expert again")
@@ -97,6 +99,8 @@ def evaluate_command(args) -> int:
     if args.compare:
         from .rl import rl_gain_command
 
+        if args.gif or args.expert_json:
+            raise SystemExit("--gif and --expert-json go with --policy; --compare drives only the two checkpoints")
         args.sft, args.rl = args.compare
         args.duration = None
         return rl_gain_command(args)
