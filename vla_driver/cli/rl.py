@@ -13,8 +13,6 @@ DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
 
 def register(sub, bench_sub) -> None:
-    from ..core.rewards import TrajectoryRewardConfig
-
     p = sub.add_parser("refresh", help="offline RL refresh of the decision adapter from logged experience bags")
     p.add_argument("--experience", nargs="+", required=True, metavar="DIR", help="bag dirs / segment folders")
     p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CHECKPOINT")
@@ -33,7 +31,9 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=refresh_command)
 
-    p = sub.add_parser("train-rl", help="online GRPO in the simulator: closed-loop rollouts with branching")
+    p = sub.add_parser("train-rl", help="online GRPO in the simulator: closed-loop rollouts with branching",
+                       description="Unset options keep the recipe measured in README (rl.online.TrainRLConfig, "
+                                   "measured_branch_reward); the manifest records every value used.")
     p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, help="new checkpoint directory (curves in OUT.rl.png)")
     p.add_argument("--iterations", type=int, default=None)
@@ -52,11 +52,10 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--headway", type=float, default=None,
                    help="penalise branches whose time headway to the car ahead drops below this many seconds")
     p.add_argument("--collision-penalty", type=float, default=None,
-                   help=f"what a branch that crashes pays (default {TrajectoryRewardConfig.collision_penalty}; "
-                        "a crash ends a Driving Score episode at x0.6)")
+                   help="what a branch that crashes pays (a crash ends a Driving Score episode at x0.6)")
     p.add_argument("--blocked-penalty", type=float, default=None,
                    help="what a branch that ends the episode blocked pays besides the progress it forgoes "
-                        "(Driving Score charges being blocked x0.7; unset: nothing)")
+                        "(Driving Score charges being blocked x0.7)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed-offset", type=int, default=None, help="first training seed")
     p.set_defaults(func=train_rl_command)
