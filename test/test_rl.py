@@ -374,15 +374,39 @@ def test_ray_executor_without_ray_fails_with_a_clear_error(tiny_checkpoint):
         make_executor(tiny_checkpoint, TrainRLConfig(executor="ray"))
 
 
-def test_gate_cli_evaluates_the_held_out_seeds_it_is_told(tiny_checkpoint, tmp_path, capsys):
+def test_gate_cli_evaluates_the_held_out_seeds_it_is_told_and_pools_replay_accuracy_over_the_bags(
+        tiny_checkpoint, tmp_path, capsys):
     from vla_driver.cli import main
+    from vla_driver.cli.replay import record_sim
 
+    bags = [record_sim(tmp_path / "bags" / name, name, seconds=seconds, policy="expert", seed=seed, progress=False)
+            for name, seconds, seed in (("highway", 3.0, 4), ("highway", 5.0, 4), ("merge", 6.0, 5))]
     report = tmp_path / "gate.json"
     code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "2",
-                 "--seed-offset", "3", "--duration", "1", "--report", str(report)])
-    assert code == 0 and "PROMOTE" in capsys.readouterr().out  # a checkpoint is never worse than itself
-    pairs = json.loads(report.read_text())["metrics"]["closed_loop"]["pairs"]
+                 "--seed-offset", "3", "--duration", "1", "--report", str(report),
+                 "--replay", *map(str, bags)])
+    out = capsys.readouterr().out
+    assert code == 0 and "PROMOTE" in out  # a checkpoint is never worse than itself
+    metrics = json.loads(report.read_text())["metrics"]
+    pairs = metrics["closed_loop"]["pairs"]
     assert [(p["scenario"], p["seed"]) for p in pairs] == [("merge", 100003), ("merge", 100004)]
+    replay = metrics["replay"]["candidate"]
+    per_bag = replay["bags"]
+    assert [Path(r["bag"]) for r in per_bag] == [Path(b) for b in bags]
+    # 3 s of driving holds no sample with a 3 s future: listed, left out of the pool
+    assert per_bag[0]["samples"] == 0 and per_bag[0]["planning_accuracy"] is None
+    assert 0 < per_bag[1]["samples"] < per_bag[2]["samples"]  # 5 s and 6 s of driving
+    assert replay["samples"] == per_bag[1]["samples"] + per_bag[2]["samples"]
+    weighted = sum(r["planning_accuracy"] * r["samples"] for r in per_bag[1:]) / replay["samples"]
+    assert replay["planning_accuracy"] == pytest.approx(weighted)
+    assert metrics["replay"]["current"]["planning_accuracy"] == pytest.approx(weighted)
+    assert f"on 3 bag(s), {replay['samples']} samples: no regression" in out
+
+    # a replay set that yields no sample cannot show there is no regression: refused, not crashed
+    code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "1",
+                 "--duration", "1", "--replay", str(bags[0])])
+    out = capsys.readouterr().out
+    assert code == 1 and "REFUSE" in out and "gave no planning accuracy" in out
 
 
 def test_rl_gain_writes_every_episode_pair_and_eval_compare_refuses_options_it_cannot_honour(tiny_checkpoint,

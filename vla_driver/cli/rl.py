@@ -64,7 +64,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("current")
     p.add_argument("candidate")
     _add_eval_arguments(p)
-    p.add_argument("--replay", default=None, metavar="BAG", help="also require no planning-accuracy regression here")
+    p.add_argument("--replay", nargs="+", default=(), metavar="BAG",
+                   help="replay set (bags or segment folders): also require no planning-accuracy regression on it")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed DS drop (default 0.02)")
     p.add_argument("--accuracy-tolerance", type=float, default=0.02, help="allowed replay accuracy drop")
     p.add_argument("--report", default="", help="write the decision JSON here (for promote --gate-report)")

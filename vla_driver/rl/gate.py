@@ -7,8 +7,9 @@ difference (candidate - baseline per pair) with its own interval, which is much 
 two independent means.
 
 :func:`gate` promotes only if (1) the candidate's mean DS >= the current mean DS - ``tolerance`` and
-(2) with a replay bag, the candidate's open-loop planning accuracy on it >= the current one's -
-``accuracy_tolerance``. The reasons list says what was measured and which rule decided.
+(2) with a replay set (one or more bags), the candidate's open-loop planning accuracy on it, pooled over
+its samples, >= the current one's - ``accuracy_tolerance``. The reasons list says what was measured and
+which rule decided.
 
 :func:`promote` copies a checkpoint into ``registry/<model_version>/``, points ``registry/current`` (a
 relative symlink, swapped atomically with rename) at it, builds TensorRT engines into it when TensorRT
@@ -145,6 +146,19 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
             "via": "experience.replay", "report": str(out / "report.json")}
 
 
+def replay_set_accuracy(checkpoint, bags, backend: str = "torch", work_dir=None) -> dict:
+    """Planning accuracy over several bags, each replayed as in :func:`replay_accuracy`: the share of all
+    their samples decided right, so a long bag weighs more than a short one. A bag that yields no sample
+    is listed and left out of the pool."""
+    work = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
+    per_bag = [{"bag": str(bag), **replay_accuracy(checkpoint, bag, backend, work / f"{i:03d}")}
+               for i, bag in enumerate(bags)]
+    scored = [r for r in per_bag if r["planning_accuracy"] is not None and r["samples"]]
+    samples = sum(r["samples"] for r in scored)
+    correct = sum(r["planning_accuracy"] * r["samples"] for r in scored)
+    return {"planning_accuracy": correct / samples if samples else None, "samples": samples, "bags": per_bag}
+
+
 def _direct_accuracy(checkpoint, bag, backend: str, progress: bool) -> dict:
     metrics = open_loop_metrics({"policy": checkpoint}, [bag], backend, progress)["policy"]
     return {"planning_accuracy": metrics.get("accuracy"), "samples": metrics["n"], "via": "reader + policy.decide"}
@@ -199,7 +213,7 @@ def format_open_loop(table: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ gate
-def gate(current, candidate, replay_bag=None, scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
+def gate(current, candidate, replay_bags=(), scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
          tolerance: float = 0.02, accuracy_tolerance: float = 0.02, backend: str = "torch",
          duration_s: float | None = None, work_dir=None, progress: bool = True, workers: int = 0,
          threads: int = 2) -> GateDecision:
@@ -222,22 +236,23 @@ def gate(current, candidate, replay_bag=None, scenarios=DEFAULT_SCENARIOS, seeds
         reasons.append(f"{measured}: worse by {cur['driving_score'] - cand['driving_score']:.3f} "
                        f"> tolerance {tolerance}")
     metrics = {"closed_loop": comparison}
-    if replay_bag is not None:
+    if replay_bags:
         work = Path(work_dir or tempfile.mkdtemp(prefix="gate_"))
-        acc_cur = replay_accuracy(current, replay_bag, backend, work / "replay_current")
-        acc_cand = replay_accuracy(candidate, replay_bag, backend, work / "replay_candidate")
-        metrics["replay"] = {"bag": str(replay_bag), "current": acc_cur, "candidate": acc_cand}
+        acc_cur = replay_set_accuracy(current, replay_bags, backend, work / "replay_current")
+        acc_cand = replay_set_accuracy(candidate, replay_bags, backend, work / "replay_candidate")
+        metrics["replay"] = {"bags": [str(b) for b in replay_bags], "current": acc_cur, "candidate": acc_cand}
         a, b = acc_cand["planning_accuracy"], acc_cur["planning_accuracy"]
+        on = f"{len(replay_bags)} bag(s), {acc_cand['samples']} samples"
         if a is None or b is None:
             promote = False
-            reasons.append(f"replay of {replay_bag} gave no planning accuracy ({acc_cand['samples']} samples)")
+            reasons.append(f"replay set ({on}) gave no planning accuracy")
         elif a >= b - accuracy_tolerance:
-            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f}: no regression "
+            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f} on {on}: no regression "
                            f"(tolerance {accuracy_tolerance})")
         else:
             promote = False
-            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f}: regressed by {b - a:.3f} "
-                           f"> tolerance {accuracy_tolerance}")
+            reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f} on {on}: regressed by "
+                           f"{b - a:.3f} > tolerance {accuracy_tolerance}")
     return GateDecision(promote, reasons, metrics)
 
 
