@@ -29,3 +29,6 @@ def test_train_rl_refuses_a_negative_collision_penalty_before_loading_anything(t
     assert args.func(args) == 2
     assert "collision_penalty" in capsys.readouterr().out
     assert not (tmp_path / "rl").exists()
+    args = build_parser().parse_args(["train-rl", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "rl"),
+                                      "--blocked-penalty", "-0.5"])
+    assert args.func(args) == 2 and "blocked_penalty" in capsys.readouterr().out

@@ -77,7 +77,8 @@ def write_independent_bag(path, seconds: float = 5.0, camera_hz: float = 10.0, o
 
 def test_lockstep_replay_of_a_record_sim_bag_is_deterministic_and_reports(sim_bag, tiny_policy, tmp_path):
     runs = [replay_bag(sim_bag, tmp_path / f"run{i}", lockstep=True, policies=(tiny_policy, tiny_policy),
-                       domain_id=DOMAIN_ID, frame_timeout_s=FRAME_TIMEOUT_S, progress=False) for i in range(2)]
+                       domain_id=DOMAIN_ID, frame_timeout_s=FRAME_TIMEOUT_S, progress=False, truth=truth)
+            for i, truth in enumerate(("logged", "future"))]
     first, second = runs
     r = first.report
     assert r["frames"] == 50 and r["trajectories"] == 50 and r["commands"] == 50  # 10 Hz plans, one command each
@@ -93,6 +94,8 @@ def test_lockstep_replay_of_a_record_sim_bag_is_deterministic_and_reports(sim_ba
     assert {round(d["stamp"], 3) for d in first.decisions} <= {round(t[0], 3) for t in first.trajectories}
     # scored against the decisions the expert logged for those frames (AlphaDrive metrics)
     assert r["samples"] >= 3 and r["label_source"] == {"logged": r["samples"]}
+    # ... or, with truth="future", against the decision matching the logged motion (same outputs, same samples)
+    assert second.report["samples"] == r["samples"] and second.report["label_source"] == {"future_motion": r["samples"]}
     assert 0.0 <= r["planning_accuracy"] <= 1.0 and set(r["f1"]) == set(tiny_policy.vocab.words)
     assert set(r["l2_m"]) == {"l2_1s", "l2_2s", "l2_3s"} and all(math.isfinite(v) for v in r["l2_m"].values())
     assert r["decision_latency_ms"]["n"] == r["decisions"] and r["frame_latency_ms"]["p99"] > 0

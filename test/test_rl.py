@@ -148,10 +148,9 @@ def test_standing_still_until_the_blocked_timeout_pays_the_blocked_penalty_and_d
     assert stop.termination == "blocked" and accelerate.termination == "" and accelerate.progress_m > 1.0
     free, charged = BranchRewardConfig(), BranchRewardConfig(blocked_penalty=1.5)
     for cfg in (free, charged):
-        scored = [branch_reward(o, 16.7, cfg) for o in (stop, accelerate)]
-        assert [s["blocked"] for s in scored] == [1.0, 0.0]
-        assert scored[1]["total"] == pytest.approx(branch_reward(accelerate, 16.7, free)["total"])
+        assert [branch_reward(o, 16.7, cfg)["blocked"] for o in (stop, accelerate)] == [1.0, 0.0]
     assert branch_reward(stop, 16.7, charged)["total"] == pytest.approx(branch_reward(stop, 16.7, free)["total"] - 1.5)
+    assert branch_reward(accelerate, 16.7, charged)["total"] == pytest.approx(branch_reward(accelerate, 16.7, free)["total"])
     with pytest.raises(ValueError, match="blocked_penalty"):
         TrainRLConfig(reward=BranchRewardConfig(blocked_penalty=-1.0)).validate()
 
@@ -379,7 +378,8 @@ def test_gate_cli_evaluates_the_held_out_seeds_it_is_told_and_pools_replay_accur
     from vla_driver.cli import main
     from vla_driver.cli.replay import record_sim
 
-    bags = [record_sim(tmp_path / "bags" / name, name, seconds=seconds, policy="expert", seed=seed, progress=False)
+    bags = [record_sim(tmp_path / f"{name}_{seconds:g}s", name, seconds=seconds, policy="expert", seed=seed,
+                       progress=False)
             for name, seconds, seed in (("highway", 3.0, 4), ("highway", 5.0, 4), ("merge", 6.0, 5))]
     report = tmp_path / "gate.json"
     code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "2",
@@ -400,7 +400,12 @@ def test_gate_cli_evaluates_the_held_out_seeds_it_is_told_and_pools_replay_accur
     weighted = sum(r["planning_accuracy"] * r["samples"] for r in per_bag[1:]) / replay["samples"]
     assert replay["planning_accuracy"] == pytest.approx(weighted)
     assert metrics["replay"]["current"]["planning_accuracy"] == pytest.approx(weighted)
-    assert f"on 3 bag(s), {replay['samples']} samples: no regression" in out
+    assert f"on 3 drive(s), {replay['samples']} samples, truth logged: no regression" in out
+
+    # a path that holds no bag is refused before anything is driven
+    code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--replay", str(bags[1]), str(tmp_path / "nope")])
+    out = capsys.readouterr().out
+    assert code == 2 and f"no bag at {tmp_path / 'nope'}" in out and "PROMOTE" not in out
 
     # a replay set that yields no sample cannot show there is no regression: refused, not crashed
     code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "1",
@@ -420,8 +425,8 @@ def test_rl_gain_writes_every_episode_pair_and_eval_compare_refuses_options_it_c
     saved = json.loads(out.read_text())
     assert [(p["scenario"], p["seed"]) for p in saved["pairs"]] == [("merge", 100000), ("merge", 100001)]
     assert saved["overall"]["ds_diff"] == line["ds_diff"] == 0.0  # a checkpoint against itself
-    for extra in (["--gif", str(tmp_path / "a.gif")], ["--expert-json", str(out)]):
-        with pytest.raises(SystemExit, match="--policy"):
+    for extra in (["--gif", str(tmp_path / "a.gif")], ["--expert-json", str(out)], ["--policy", str(tiny_checkpoint)]):
+        with pytest.raises(SystemExit, match="--compare, which drives only its two checkpoints"):
             main(["eval", "--compare", str(tiny_checkpoint), str(tiny_checkpoint), *extra])
 
 

@@ -48,7 +48,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--horizon", type=float, default=None, help="seconds each branch holds its decision")
     p.add_argument("--follow", type=float, default=None,
                    help="seconds each branch then drives on with the policy's greedy decisions (scored too)")
-    p.add_argument("--sparse-reward", action="store_true", help="MindDrive's -1/0/+1 instead of the dense reward")
+    p.add_argument("--sparse-reward", action="store_true",
+                   help="MindDrive's -1/0/+1 instead of the dense reward (no headway or blocked term)")
     p.add_argument("--headway", type=float, default=None,
                    help="penalise branches whose time headway to the car ahead drops below this many seconds")
     p.add_argument("--collision-penalty", type=float, default=None,
@@ -65,7 +66,11 @@ def register(sub, bench_sub) -> None:
     p.add_argument("candidate")
     _add_eval_arguments(p)
     p.add_argument("--replay", nargs="+", default=(), metavar="BAG",
-                   help="replay set (bags or segment folders): also require no planning-accuracy regression on it")
+                   help="replay set (bags, segment folders, folders of drives) the current model did not drive: "
+                        "also require no planning-accuracy regression on it")
+    p.add_argument("--truth", choices=("logged", "future"), default="logged",
+                   help="replay labels: the bags' logged decisions where they have them (expert / annotated "
+                        "drives; default), or always the decision matching the logged motion")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed DS drop (default 0.02)")
     p.add_argument("--accuracy-tolerance", type=float, default=0.02, help="allowed replay accuracy drop")
     p.add_argument("--report", default="", help="write the decision JSON here (for promote --gate-report)")
@@ -179,9 +184,14 @@ def train_rl_command(args) -> int:
 def gate_command(args) -> int:
     from ..rl.gate import format_comparison, gate
 
-    decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay, _scenarios(args.scenarios),
-                    seeds=_heldout_seeds(args), tolerance=args.tolerance, accuracy_tolerance=args.accuracy_tolerance,
-                    backend=args.backend, duration_s=args.duration, workers=args.workers, threads=args.threads)
+    try:
+        decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay,
+                        _scenarios(args.scenarios), seeds=_heldout_seeds(args), tolerance=args.tolerance,
+                        accuracy_tolerance=args.accuracy_tolerance, backend=args.backend, duration_s=args.duration,
+                        workers=args.workers, threads=args.threads, replay_truth=args.truth)
+    except (FileNotFoundError, LookupError, ValueError) as e:  # a replay set that cannot be replayed: before driving
+        print(f"gate: {e}")
+        return 2
     print(format_comparison(decision.metrics["closed_loop"], ("current", "candidate")))
     for reason in decision.reasons:
         print(f"- {reason}")

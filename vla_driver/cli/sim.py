@@ -99,8 +99,9 @@ def evaluate_command(args) -> int:
     if args.compare:
         from .rl import rl_gain_command
 
-        if args.gif or args.expert_json:
-            raise SystemExit("--gif and --expert-json go with --policy; --compare drives only the two checkpoints")
+        if args.gif or args.expert_json or args.policy != "expert":
+            raise SystemExit("--policy, --gif and --expert-json go without --compare, which drives only its two "
+                             "checkpoints")
         args.sft, args.rl = args.compare
         args.duration = None
         return rl_gain_command(args)

@@ -70,6 +70,7 @@ SCHEMA = TopicMap()
 PLAYED = ("image", "odom", "navigation")  # roles fed to the nodes
 REQUIRED = ("image", "odom")
 OUTPUTS = ("decision", "trajectory", "cmd_vel")  # roles the nodes publish
+REPLAY_TRUTHS = ("logged", "future")  # what a replayed decision is scored against (evaluate_replay)
 OUTPUT_TYPES = {"image": m.IMAGE, "odom": m.ODOMETRY, "navigation": m.STRING, "decision": m.STRING,
                 "trajectory": m.PATH, "cmd_vel": m.TWIST}
 
@@ -184,12 +185,15 @@ class ReplayResult:
 def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remaps: dict[str, str] | None = None,
                checkpoint: str = "", backend: str = "auto", policies: tuple | None = None,
                decision_rate_hz: float = 2.0, domain_id: int | None = None, frame_timeout_s: float = 2.0,
-               progress: bool = True) -> ReplayResult:
+               progress: bool = True, truth: str = "logged") -> ReplayResult:
     """Play ``bag`` through the nodes, record what they publish under ``out_dir/bag``, score and report.
 
     ``policies`` = (decision policy, action policy) already loaded; a lockstep replay calls both nodes
     from one thread, so one policy may serve both there (a free-running replay needs two objects).
+    ``truth`` as in :func:`evaluate_replay`; an unknown one raises before anything is played.
     """
+    if truth not in REPLAY_TRUTHS:
+        raise ValueError(f"truth must be one of {REPLAY_TRUTHS}, got {truth!r}")
     if not lockstep and not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
     source = open_bag_input(bag, remaps)
@@ -212,7 +216,7 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
         player.close()
     policy = policies[0]
     evaluation = evaluate_replay(out_dir / "bag", source, policy.vocab, getattr(policy, "spec", TrajectorySpec()),
-                                 1.0 / decision_rate_hz, player.decisions)
+                                 1.0 / decision_rate_hz, player.decisions, truth)
     report = {
         "bag": str(bag), "source": source.source, "mode": "lockstep" if lockstep else f"rate {rate:g}x",
         "model_version": policy.model_version, "backend": policy.backend_name, "topics": source.topics,
@@ -616,14 +620,18 @@ def _label(stamp_ns: int, logged: list, stamps: np.ndarray, period_ns: int) -> D
 
 
 def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: TrajectorySpec,
-                    decision_period_s: float, decisions: list[dict] | None = None) -> dict:
+                    decision_period_s: float, decisions: list[dict] | None = None, truth: str = "logged") -> dict:
     """Open-loop scores of a replay: one sample per replayed decision, cut from the recorded bag.
+
+    Label of a sample: with ``truth="logged"`` the decision the bag logged for that frame where there is
+    one (an expert's or an annotator's), else the decision matching the logged future motion; with
+    ``truth="future"`` always the latter (a bag whose logged decisions came from the model under test).
 
     Returns {"report": figures, "rows": per-sample rows for the plots}.
     """
     samples = read_samples(out_bag, TopicMap(takeover=None, events=None), sample_period_s=decision_period_s,
                            horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=False)
-    logged = _logged_decisions(source, vocab) if "decision" in source.topics else []
+    logged = _logged_decisions(source, vocab) if truth == "logged" and "decision" in source.topics else []
     stamps = np.array([s for s, _ in logged], dtype=np.int64)
     period_ns = int(decision_period_s * 1e9)
     preds, labels, rows, sources, l2 = [], [], [], Counter(), []

@@ -7,9 +7,11 @@ difference (candidate - baseline per pair) with its own interval, which is much 
 two independent means.
 
 :func:`gate` promotes only if (1) the candidate's mean DS >= the current mean DS - ``tolerance`` and
-(2) with a replay set (one or more bags), the candidate's open-loop planning accuracy on it, pooled over
-its samples, >= the current one's - ``accuracy_tolerance``. The reasons list says what was measured and
-which rule decided.
+(2) with a replay set (one or more drives), the candidate's open-loop planning accuracy on it, pooled over
+its samples, >= the current one's - ``accuracy_tolerance``. The replay set must be drives the current model
+did not drive (the expert's, a human's, annotated ones): where a bag logs the current model's own
+decisions, ``truth="logged"`` scores agreement with it; ``truth="future"`` scores against the decision
+matching the logged motion instead. The reasons list says what was measured and which rule decided.
 
 :func:`promote` copies a checkpoint into ``registry/<model_version>/``, points ``registry/current`` (a
 relative symlink, swapped atomically with rename) at it, builds TensorRT engines into it when TensorRT
@@ -129,46 +131,71 @@ def format_comparison(comparison: dict, names: tuple[str, str] = ("baseline", "c
 
 
 # ------------------------------------------------------------------------------------------ replay
-def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, progress: bool = False) -> dict:
-    """Open-loop planning accuracy of ``checkpoint`` on a logged bag.
+def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, progress: bool = False,
+                    truth: str = "logged") -> dict:
+    """Open-loop planning accuracy of ``checkpoint`` on one logged drive (a bag, or a route's segments).
 
     Through ``experience.replay`` (lockstep through the real nodes) when that module is present; else
-    directly: the bag's samples, ``policy.decide`` on each, labels = the logged decisions or, without
-    them, the decision matching the future ego motion, scored by ``core.metrics.planning_metrics``.
+    directly: the bag's samples, ``policy.decide`` on each, scored by ``core.metrics.planning_metrics``.
+    Labels as in ``experience.replay.evaluate_replay``: ``truth="logged"`` takes the bag's logged
+    decisions where it has them, ``"future"`` always the decision matching the logged motion.
     """
     try:
         from ..experience.replay import replay_bag
     except ImportError:
-        return _direct_accuracy(checkpoint, bag, backend, progress)
+        return _direct_accuracy(checkpoint, bag, backend, progress, truth)
     out = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
-    result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend, progress=progress)
+    result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend, progress=progress,
+                        truth=truth)
     return {"planning_accuracy": result.report.get("planning_accuracy"), "samples": result.report.get("samples"),
             "via": "experience.replay", "report": str(out / "report.json")}
 
 
-def replay_set_accuracy(checkpoint, bags, backend: str = "torch", work_dir=None) -> dict:
-    """Planning accuracy over several bags, each replayed as in :func:`replay_accuracy`: the share of all
-    their samples decided right, so a long bag weighs more than a short one. A bag that yields no sample
-    is listed and left out of the pool."""
+def replay_drives(paths) -> list:
+    """The drives in ``paths`` (bags, a route's segment folder, folders of several drives), each as what
+    :func:`replay_accuracy` takes: the bag, or the list of one route's segments. A missing path, a folder
+    without bags or a bag that cannot be replayed (no camera or odometry, ROS 1) raises here, before
+    anything is driven."""
+    from ..experience.reader import find_bags, timelines
+
+    drives = [drive[0] if len(drive) == 1 else drive for drive in timelines(find_bags(paths))]
+    try:
+        from ..experience.replay import open_bag_input
+    except ImportError:  # no rclpy: replay_accuracy reads the bags directly
+        return drives
+    for drive in drives:
+        open_bag_input(drive)
+    return drives
+
+
+def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=None, truth: str = "logged") -> dict:
+    """Planning accuracy over a replay set (``replay_drives``), each drive replayed as in
+    :func:`replay_accuracy`: the share of all their samples decided right, so a long drive weighs more
+    than a short one. A drive that yields no sample is listed and left out of the pool."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
-    per_bag = [{"bag": str(bag), **replay_accuracy(checkpoint, bag, backend, work / f"{i:03d}")}
-               for i, bag in enumerate(bags)]
-    scored = [r for r in per_bag if r["planning_accuracy"] is not None and r["samples"]]
+    per_drive = []
+    for i, drive in enumerate(drives):
+        name = str(drive) if isinstance(drive, str | os.PathLike) else f"{drive[0]} .. {Path(drive[-1]).name}"
+        per_drive.append({"bag": name, **replay_accuracy(checkpoint, drive, backend, work / f"{i:03d}", truth=truth)})
+    scored = [r for r in per_drive if r["planning_accuracy"] is not None and r["samples"]]
     samples = sum(r["samples"] for r in scored)
     correct = sum(r["planning_accuracy"] * r["samples"] for r in scored)
-    return {"planning_accuracy": correct / samples if samples else None, "samples": samples, "bags": per_bag}
+    return {"planning_accuracy": correct / samples if samples else None, "samples": samples, "bags": per_drive}
 
 
-def _direct_accuracy(checkpoint, bag, backend: str, progress: bool) -> dict:
-    metrics = open_loop_metrics({"policy": checkpoint}, [bag], backend, progress)["policy"]
+def _direct_accuracy(checkpoint, bag, backend: str, progress: bool, truth: str) -> dict:
+    bags = bag if isinstance(bag, list) else [bag]  # a route's segments, or one bag
+    metrics = open_loop_metrics({"policy": checkpoint}, bags, backend, progress, truth)["policy"]
     return {"planning_accuracy": metrics.get("accuracy"), "samples": metrics["n"], "via": "reader + policy.decide"}
 
 
-def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress: bool = False) -> dict:
+def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress: bool = False,
+                      truth: str = "logged") -> dict:
     """AlphaDrive's open-loop table: ``{name: planning_metrics}`` of each checkpoint on the same samples.
 
     The bags are read once; a sample's truth is its logged decision when that is in the vocabulary (the
-    expert's, in ``record-sim`` bags), else the decision matching the future ego motion. Each policy then
+    expert's, in ``record-sim`` bags) and ``truth="logged"``, else the decision matching the future ego
+    motion. Each policy then
     decides on every sample without ROS (``policy.decide``), so the policies see identical inputs.
     """
     from ..core.labels import label_from_future
@@ -184,7 +211,7 @@ def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress:
     truths = []
     for s in samples:
         d = s.decision
-        logged = d is not None and d.speed in vocab.speeds and d.path in vocab.paths
+        logged = truth == "logged" and d is not None and d.speed in vocab.speeds and d.path in vocab.paths
         truths.append(Decision(d.speed, d.path) if logged else label_from_future(s.future_motion, s.speed, vocab, spec))
     table = {}
     for name, policy in policies.items():
@@ -213,11 +240,13 @@ def format_open_loop(table: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ gate
-def gate(current, candidate, replay_bags=(), scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
+def gate(current, candidate, replay=(), scenarios=DEFAULT_SCENARIOS, seeds=None, episodes: int = 5,
          tolerance: float = 0.02, accuracy_tolerance: float = 0.02, backend: str = "torch",
          duration_s: float | None = None, work_dir=None, progress: bool = True, workers: int = 0,
-         threads: int = 2) -> GateDecision:
-    """Promote ``candidate`` over ``current``? See the module docstring for the rules."""
+         threads: int = 2, replay_truth: str = "logged") -> GateDecision:
+    """Promote ``candidate`` over ``current``? See the module docstring for the rules. ``replay``: bags or
+    folders of them (``replay_drives``), checked before the closed-loop runs start."""
+    drives = replay_drives(replay) if replay else []
     comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress,
                                   workers, threads)
     o = comparison["overall"]
@@ -236,16 +265,20 @@ def gate(current, candidate, replay_bags=(), scenarios=DEFAULT_SCENARIOS, seeds=
         reasons.append(f"{measured}: worse by {cur['driving_score'] - cand['driving_score']:.3f} "
                        f"> tolerance {tolerance}")
     metrics = {"closed_loop": comparison}
-    if replay_bags:
+    if drives:
         work = Path(work_dir or tempfile.mkdtemp(prefix="gate_"))
-        acc_cur = replay_set_accuracy(current, replay_bags, backend, work / "replay_current")
-        acc_cand = replay_set_accuracy(candidate, replay_bags, backend, work / "replay_candidate")
-        metrics["replay"] = {"bags": [str(b) for b in replay_bags], "current": acc_cur, "candidate": acc_cand}
+        acc_cur = replay_set_accuracy(current, drives, backend, work / "replay_current", replay_truth)
+        acc_cand = replay_set_accuracy(candidate, drives, backend, work / "replay_candidate", replay_truth)
+        metrics["replay"] = {"truth": replay_truth, "current": acc_cur, "candidate": acc_cand}
         a, b = acc_cand["planning_accuracy"], acc_cur["planning_accuracy"]
-        on = f"{len(replay_bags)} bag(s), {acc_cand['samples']} samples"
+        on = f"{len(drives)} drive(s), {acc_cand['samples']} samples, truth {replay_truth}"
         if a is None or b is None:
             promote = False
             reasons.append(f"replay set ({on}) gave no planning accuracy")
+        elif acc_cand["samples"] != acc_cur["samples"]:
+            promote = False
+            reasons.append(f"replay scored {acc_cur['samples']} samples for current and {acc_cand['samples']} "
+                           "for candidate: the accuracies are not comparable")
         elif a >= b - accuracy_tolerance:
             reasons.append(f"replay planning accuracy {a:.3f} vs current {b:.3f} on {on}: no regression "
                            f"(tolerance {accuracy_tolerance})")
