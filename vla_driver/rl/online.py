@@ -28,6 +28,9 @@ train-rl's to ``measured_branch_reward()``)::
       comfort   = min(1, max(0, mean|jerk| / max_jerk - 1)) + min(1, max(0, max|v yaw_rate| / max_lat - 1))
       tailgating = clip(1 - min time headway to the car ahead in the ego's lane / headway_s, 0, 1): a
                   branch that ends a few metres behind a slower car has not crashed yet, but will
+      blocked   = 1 if the branch ends the episode ``blocked`` (``sim.highway.BLOCKED_S`` without a metre
+                  of progress): standing still at a junction forgoes progress, but without this term it
+                  never risks the crash that going may bring
     sparse (MindDrive): total = -1 on collision / off road / off route, +1 on route completion, else 0
 
 The GRPO update (``rl/grpo.py``) then uses those rewards, with advantages relative to the group: only
@@ -95,7 +98,7 @@ def measured_branch_reward() -> BranchRewardConfig:
     """The branch reward of the recipe measured in README (rl-gain): each branch holds its decision 3 s and
     drives on 5 s, a crash pays 1.0, ending the episode blocked 0.75 (Driving Score charges a crash x0.6 and
     being blocked x0.7, so 0.75 = 0.3 / 0.4 of a crash), and a time headway under 1.5 s pays up to 1.0.
-    Without the blocked term the policy learned to wait at intersections until the episode timed out."""
+    Without the blocked term the policy learned to wait at intersections until the episode ended blocked."""
     return BranchRewardConfig(horizon_s=3.0, follow_s=5.0, collision_penalty=1.0, blocked_penalty=0.75,
                               headway_s=1.5)
 
@@ -103,7 +106,7 @@ def measured_branch_reward() -> BranchRewardConfig:
 @dataclass
 class TrainRLConfig:
     """Defaults are the recipe measured in README (rl-gain), sized for 2 CPU cores: 2 workers of 1 thread,
-    8 full-length episodes per iteration, a branch point every second, G = 4, 8 iterations (~28 min)."""
+    8 full-length episodes per iteration, a branch point every second, G = 4, 8 iterations (14-28 min here)."""
 
     iterations: int = 8
     workers: int = 2  # rollout processes (or Ray actors); 0 = roll out in this process
