@@ -18,10 +18,11 @@ from vla_driver.core.trajectory import TrajectorySpec, constant_motion
 from vla_driver.core.types import DecisionResult
 from vla_driver.core.vocabulary import Decision, DecisionVocabulary
 from vla_driver.experience import messages as m
-from vla_driver.experience.reader import MissingTopicError, TopicMap, iter_messages, read_samples
+from vla_driver.experience.reader import MissingTopicError, TopicMap, find_bags, iter_messages, read_samples
 from vla_driver.experience.repair import complete_records, repair_all, repair_segment
 from vla_driver.experience.segments import (
     LOCK_NAME,
+    METADATA_NAME,
     SegmentWriter,
     list_segments,
     lock_is_held,
@@ -432,6 +433,27 @@ def test_reader_reads_bags_written_directly_with_rosbags(tmp_path, storage, imag
         read_samples(bag, TopicMap(image="/front/camera"), progress=False)
     assert "'/odom'" in str(err.value) and "/vehicle/odom" in str(err.value) and "/front/camera" in str(err.value)
     assert err.value.topic == "/odom"
+
+
+def test_find_bags_expands_folders_of_drive_folders_and_skips_unrepaired_segments(tmp_path, caplog):
+    def segment(path: Path, complete: bool) -> Path:
+        path.mkdir(parents=True)
+        (path / f"{path.name}.mcap").write_bytes(b"")
+        if complete:
+            (path / METADATA_NAME).write_text("rosbag2_bagfile_information: {}\n")
+        return path
+
+    root = tmp_path / "reference"
+    route_a = [segment(root / "drive_a" / f"rt_2026-12-01--10-00-00--{n}", True) for n in (1, 0)]
+    route_b = segment(root / "drive_b" / "day2" / "rt_2026-12-02--09-00-00--0", True)
+    segment(root / "drive_b" / "rt_2026-12-02--09-30-00--0", False)  # crashed: no metadata until repaired
+    (root / "notes").mkdir()
+    loose = segment(tmp_path / "loose_bag", True)
+
+    assert find_bags([root, loose]) == [route_a[1], route_a[0], route_b, loose]  # oldest segment first per folder
+    assert "skipping 1 open or unrepaired segments" in caplog.text and "09-30-00--0" in caplog.text
+    with pytest.raises(FileNotFoundError, match="neither a bag nor a folder of bags"):
+        find_bags(root / "notes")
 
 
 def test_logs_cli_info_keep_repair(tmp_path, capsys):

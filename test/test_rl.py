@@ -378,13 +378,15 @@ def test_gate_cli_evaluates_the_held_out_seeds_it_is_told_and_pools_replay_accur
     from vla_driver.cli import main
     from vla_driver.cli.replay import record_sim
 
-    bags = [record_sim(tmp_path / f"{name}_{seconds:g}s", name, seconds=seconds, policy="expert", seed=seed,
-                       progress=False)
-            for name, seconds, seed in (("highway", 3.0, 4), ("highway", 5.0, 4), ("merge", 6.0, 5))]
+    # two drives in a replay-set folder, one drive folder per drive (as `bench open-loop --out` writes), one apart
+    bags = [record_sim(folder, name, seconds=seconds, policy="expert", seed=seed, progress=False)
+            for folder, name, seconds, seed in ((tmp_path / "set" / "highway_3s", "highway", 3.0, 4),
+                                                (tmp_path / "set" / "highway_5s", "highway", 5.0, 4),
+                                                (tmp_path / "merge_6s", "merge", 6.0, 5))]
     report = tmp_path / "gate.json"
     code = main(["gate", str(tiny_checkpoint), str(tiny_checkpoint), "--scenarios", "merge", "--episodes", "2",
                  "--seed-offset", "3", "--duration", "1", "--report", str(report),
-                 "--replay", *map(str, bags)])
+                 "--replay", str(tmp_path / "set"), str(tmp_path / "merge_6s")])
     out = capsys.readouterr().out
     assert code == 0 and "PROMOTE" in out  # a checkpoint is never worse than itself
     metrics = json.loads(report.read_text())["metrics"]

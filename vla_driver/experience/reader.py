@@ -141,7 +141,9 @@ class BagMessage(NamedTuple):
 # --- finding bags --------------------------------------------------------------------------------------
 
 def find_bags(paths) -> list[Path]:
-    """Bag directories (or bare .mcap/.db3 files) named by ``paths``; a folder of segments expands."""
+    """Bag directories (or bare .mcap/.db3 files) named by ``paths``. A folder expands to the complete
+    segments below it at any depth (a logger root, or a folder with one sub-folder per drive); open or
+    unrepaired segments are skipped with a warning."""
     out = []
     for path in [paths] if isinstance(paths, str | Path) else list(paths):
         path = Path(path)
@@ -150,9 +152,7 @@ def find_bags(paths) -> list[Path]:
         if path.is_file() or (path / METADATA_NAME).exists():
             out.append(path)
             continue
-        children = sorted((c for c in path.iterdir() if c.is_dir()), key=segment_age_key)
-        bags = [c for c in children if (c / METADATA_NAME).exists() and segment_state(c) == "complete"]
-        skipped = [c.name for c in children if c not in bags and any(c.glob("*.mcap"))]
+        bags, skipped = _bags_below(path)
         if skipped:
             log.warning("skipping %d open or unrepaired segments in %s (run `vla-driver logs repair`): %s",
                         len(skipped), path, ", ".join(skipped[:5]))
@@ -160,6 +160,21 @@ def find_bags(paths) -> list[Path]:
             raise FileNotFoundError(f"{path} is neither a bag nor a folder of bags")
         out.extend(bags)
     return out
+
+
+def _bags_below(folder: Path) -> tuple[list[Path], list[str]]:
+    """Complete segments below ``folder`` (oldest first within each folder) and the names of open ones."""
+    bags, skipped = [], []
+    for child in sorted((c for c in folder.iterdir() if c.is_dir()), key=segment_age_key):
+        if (child / METADATA_NAME).exists() and segment_state(child) == "complete":
+            bags.append(child)
+        elif any(child.glob("*.mcap")):
+            skipped.append(child.name)
+        else:
+            deeper, deeper_skipped = _bags_below(child)
+            bags.extend(deeper)
+            skipped.extend(deeper_skipped)
+    return bags, skipped
 
 
 def timelines(bags: Sequence[Path]) -> list[list[Path]]:
