@@ -2,6 +2,7 @@
 fails when a user asks for help)."""
 
 import argparse
+import os
 
 from vla_driver.cli import build_parser
 
@@ -32,3 +33,15 @@ def test_train_rl_refuses_a_negative_collision_penalty_before_loading_anything(t
     args = build_parser().parse_args(["train-rl", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "rl"),
                                       "--blocked-penalty", "-0.5"])
     assert args.func(args) == 2 and "blocked_penalty" in capsys.readouterr().out
+
+
+def test_policy_threads_share_the_cores_out_among_workers_unless_told():
+    from vla_driver.cli.sim import policy_threads
+
+    cores = len(os.sched_getaffinity(0))
+    parser = build_parser()
+    for argv, expected in ((["eval"], cores), (["eval", "--workers", "2"], max(1, cores // 2)),
+                           (["eval", "--workers", "2", "--threads", "3"], 3),
+                           (["gate", "a", "b", "--workers", str(cores + 1)], 1),
+                           (["record-expert", "--out", "x"], cores)):
+        assert policy_threads(parser.parse_args(argv)) == expected, argv

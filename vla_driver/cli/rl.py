@@ -7,7 +7,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from .sim import _scenarios, add_workers_argument, override_from_args
+from .sim import _scenarios, add_threads_argument, add_workers_argument, override_from_args, policy_threads
 
 DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
@@ -110,7 +110,7 @@ def _add_eval_arguments(p) -> None:
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
     p.add_argument("--backend", default="torch")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads per policy")
+    add_threads_argument(p)
     add_workers_argument(p)
 
 
@@ -188,7 +188,7 @@ def gate_command(args) -> int:
         decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay,
                         _scenarios(args.scenarios), seeds=_heldout_seeds(args), tolerance=args.tolerance,
                         accuracy_tolerance=args.accuracy_tolerance, backend=args.backend, duration_s=args.duration,
-                        workers=args.workers, threads=args.threads, replay_truth=args.truth)
+                        workers=args.workers, threads=policy_threads(args), replay_truth=args.truth)
     except (FileNotFoundError, LookupError, ValueError) as e:  # a replay set that cannot be replayed: before driving
         print(f"gate: {e}")
         return 2
@@ -229,7 +229,7 @@ def rl_gain_command(args) -> int:
 
     comparison = compare_policies(_checkpoint(args.sft), _checkpoint(args.rl), _scenarios(args.scenarios),
                                   seeds=_heldout_seeds(args), backend=args.backend, duration_s=args.duration,
-                                  workers=args.workers, threads=args.threads)
+                                  workers=args.workers, threads=policy_threads(args))
     print(format_comparison(comparison, ("SFT", "SFT+RL")))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(_clean(comparison), indent=1))
