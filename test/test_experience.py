@@ -412,6 +412,29 @@ def test_refresh_truth_is_the_future_motion_label_or_the_logged_decision_except_
         load_experience([tmp_path], VOCAB, spec, progress=False, truth="human")
 
 
+def test_sample_accel_is_the_nodes_causal_filter_and_never_sees_past_the_frame(tmp_path):
+    """Speed 10 m/s until 2 s, then +2 m/s^2: the filter (time constant 0.3 s, odometry at 20 Hz, so a
+    blend of 1/7 per message) gives 2 * (1 - (6/7)^n) n messages into the ramp, and exactly 0 at 2 s."""
+    def speed(t):
+        return 10.0 + 2.0 * max(0.0, t - 2.0)
+
+    def x(t):
+        return 10.0 * t + max(0.0, t - 2.0) ** 2
+
+    msgs = [("/odom", m.ODOMETRY, ns(k * 0.05), m.odometry_message(ns(k * 0.05), x(k * 0.05), 0.0, 0.0,
+                                                                   speed(k * 0.05))) for k in range(121)]
+    msgs += [("/camera/image_raw", m.IMAGE, ns(k * 0.1), m.image_message(frame(k), ns(k * 0.1)))
+             for k in range(61)]
+    log_drive(tmp_path, sorted(msgs, key=lambda r: r[2]))
+    samples = {round(s.stamp - T0 / 1e9, 3): s for s in read_samples(tmp_path, progress=False)}
+    assert sorted(samples) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert samples[1.5].accel == 0.0 and samples[2.0].accel == 0.0  # a centred difference gave 1.0 here
+    assert samples[2.5].accel == pytest.approx(2.0 * (1 - (6 / 7) ** 10))
+    assert samples[3.0].accel == pytest.approx(2.0 * (1 - (6 / 7) ** 20))
+    assert samples[3.0].speed == pytest.approx(12.0)
+
+
+
 @pytest.mark.parametrize("storage,image_kind", [(StoragePlugin.SQLITE3, "png"), (StoragePlugin.MCAP, "bgr8")])
 def test_reader_reads_bags_written_directly_with_rosbags(tmp_path, storage, image_kind):
     bag = tmp_path / "foreign"

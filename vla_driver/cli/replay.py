@@ -91,10 +91,10 @@ def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy
             obs = sim.observation()
             x, y, yaw, speed = sim.ego_pose()
             writer.write(names.odom, t, m.odometry_message(t, x, y, yaw, speed, obs.yaw_rate, frame_id="map"))
-            writer.write(names.image, t, m.image_message(obs.image, t))
-            if obs.navigation != navigation:
+            if obs.navigation != navigation:  # before the frame it goes with, so a replay decides on it
                 navigation = obs.navigation
                 writer.write(names.navigation, t, m.string_message(navigation))
+            writer.write(names.image, t, m.image_message(obs.image, t))
             if step % 10 == 0:
                 writer.write(names.takeover, t, m.bool_message(False))
             if step % every == 0:

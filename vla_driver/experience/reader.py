@@ -21,6 +21,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
+from ..core.ego import filtered_accel_series
 from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_SEPARATOR, DecisionVocabulary
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 STAMP_MATCH_NS = 20_000_000  # header stamps closer than this name the same camera frame
 MAX_IMAGE_AGE_NS = 1_000_000_000  # a grid anchor without a camera frame this recent is skipped
-_ACCEL_HALF_WINDOW_S = 0.25
 
 
 class MissingTopicError(LookupError):
@@ -113,7 +113,7 @@ class ExperienceSample:
     stamp: float  # bag time (s) of the observation: the anchor t
     image: np.ndarray  # (H, W, 3) uint8 RGB
     speed: float  # m/s at t (odometry)
-    accel: float  # m/s^2 at t (speed difference over +-0.25 s)
+    accel: float  # m/s^2 at t: the decision node's causal filter (core.ego) over the odometry up to t
     yaw_rate: float  # rad/s at t
     navigation: str  # latest route instruction at or before t
     decision: LoggedDecision | None  # the decision made from this frame
@@ -442,15 +442,12 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
         plans.append((idx, k, t))
     frames = _decode_images(reader, image_topic, {int(tl.image_order[idx]) for idx, _, _ in plans}, skipped)
     samples = []
+    accel = filtered_accel_series(tl.odom_t / 1e9, tl.odom[:, 3])
     for idx, k, t in plans:
         image = frames.get(int(tl.image_order[idx]))
         if image is None:
             continue
-        now, before, after = _odom_at(tl, np.array([
-            t, max(t - int(_ACCEL_HALF_WINDOW_S * 1e9), int(tl.odom_t[0])),
-            min(t + int(_ACCEL_HALF_WINDOW_S * 1e9), int(tl.odom_t[-1]))]))
-        span = (min(t + int(_ACCEL_HALF_WINDOW_S * 1e9), int(tl.odom_t[-1]))
-                - max(t - int(_ACCEL_HALF_WINDOW_S * 1e9), int(tl.odom_t[0]))) / 1e9
+        now = _odom_at(tl, np.array([t]))[0]
         future = _odom_at(tl, t + offsets)
         motion = future_poses_to_ego(future[:, :2], future[:, 2], now[:2], now[2])
         takeover, intervention, onset, events = _window_flags(tl, t, t + horizon_ns)
@@ -458,7 +455,7 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
         cmd_i = _latest(tl.command_t, t)
         samples.append(ExperienceSample(
             stamp=t / 1e9, image=image, speed=float(now[3]),
-            accel=float((after[3] - before[3]) / span) if span > 0 else 0.0, yaw_rate=float(now[4]),
+            accel=float(accel[_latest(tl.odom_t, t)]), yaw_rate=float(now[4]),
             navigation=tl.navigation[nav_i] if nav_i is not None else "",
             decision=tl.decisions[k] if k is not None else None,
             trajectory=_trajectory_for(tl, idx, period_ns), future_motion=motion,

@@ -13,6 +13,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from vla_driver.core.ego import filtered_accel
 from vla_driver.core.trajectory import Trajectory, TrajectorySpec
 from vla_driver.core.types import DecisionResult, Observation
 from vla_driver.core.vocabulary import AnswerError, Decision, DecisionVocabulary
@@ -135,8 +136,6 @@ class ObservationAssembler:
     as one reference, so callbacks on other executor threads never see half an update.
     """
 
-    ACCEL_TIME_CONSTANT_S = 0.3  # low-pass on the odometry speed derivative
-
     def __init__(self, default_navigation: str = "", expected_hw: tuple[int, int] | None = None):
         self.expected_hw = expected_hw
         self.image: tuple[np.ndarray, float] | None = None  # (rgb, stamp)
@@ -150,12 +149,7 @@ class ObservationAssembler:
         state, accel = odometry_to_state(msg), 0.0
         if self.ego is not None:
             prev, prev_accel = self.ego
-            dt = state.stamp - prev.stamp
-            if dt <= 0:
-                accel = prev_accel
-            else:
-                blend = dt / (dt + self.ACCEL_TIME_CONSTANT_S)
-                accel = (1 - blend) * prev_accel + blend * (state.speed - prev.speed) / dt
+            accel = filtered_accel(prev_accel, prev.speed, state.speed, state.stamp - prev.stamp)
         self.ego = (state, accel)
 
     def on_navigation(self, msg: String) -> None:
