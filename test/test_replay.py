@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("node_threads")
 
 @pytest.fixture(scope="module")
 def sim_bag(tmp_path_factory):
-    """5 s of the simulator's expert, logged by record-sim (decisions included: they become the labels)."""
-    return record_sim(tmp_path_factory.mktemp("sim"), "highway", 5.0, "expert", seed=5, progress=False)
+    """5 s of the simulator's expert, logged by record-sim (decisions included: they become the labels),
+    starting 0.3 s past a whole half second of bag time, as a recording started at any instant does."""
+    return record_sim(tmp_path_factory.mktemp("sim"), "highway", 5.0, "expert", seed=5, progress=False,
+                      start_ns=1_700_000_000_300_000_000)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,10 @@ def test_lockstep_replay_of_a_record_sim_bag_is_deterministic_and_reports(sim_ba
                                                                           strict=True))
     # the decision for a frame carries that frame's camera stamp, and the plan its stamp
     assert {round(d["stamp"], 3) for d in first.decisions} <= {round(t[0], 3) for t in first.trajectories}
-    # scored against the decisions the expert logged for those frames (AlphaDrive metrics)
+    # decided on the very frames the expert decided on (the grid starts at the first frame), and scored
+    # against the decisions the expert logged for them (AlphaDrive metrics)
+    labelled = {round(x.image_stamp, 3) for x in read_samples(sim_bag, progress=False)}
+    assert labelled and labelled <= {round(d["stamp"], 3) for d in first.decisions}
     assert r["samples"] >= 3 and r["label_source"] == {"logged": r["samples"]}
     # ... or, with truth="future", against the decision matching the logged motion (same outputs, same samples)
     assert second.report["samples"] == r["samples"] and second.report["label_source"] == {"future_motion": r["samples"]}

@@ -16,9 +16,10 @@ Two ways to play:
 * ``rate``: messages go out on the wall clock at ``rate`` x bag speed; the nodes run on their own
   timers (decisions at 2 Hz, plans at 10 Hz, commands at 20 Hz of sim time), as on the car.
 * ``lockstep``: deterministic. The nodes' sim-time timers are cancelled and the player drives their
-  cycles per camera frame, as the timers would on a 2 Hz / 10 Hz grid of bag time (a cycle at the first
-  frame at or after each multiple of the period): publish the frame's inputs, step ``/clock`` to it and
-  wait until every node holds them and reads that time; run the decision cycle when due and wait until
+  cycles per camera frame, as the timers would on a 2 Hz / 10 Hz grid of bag time started at the first
+  frame (a cycle at the first frame at or after each multiple of the period from there): publish the
+  frame's inputs, step ``/clock`` to it and wait until every node holds them and reads that time; run
+  the decision cycle when due and wait until
   the action node holds the decision; run the action cycle when due; before the next frame's clock
   step, wait until the trajectory and the controller's command (one per trajectory) are recorded. The
   controller gets a frame's odometry only after commanding the previous plan, so a command never
@@ -398,6 +399,7 @@ class _Player:
         expect = {"odom": None, "navigation": None}
         frames, first, last = 0, None, None
         self._next_decision = self._next_plan = 0
+        self._grid_origin: int | None = None  # the first frame's time: the cycles' grid starts there
         self.plan_period_ns = int(round(1e9 / self.action.params.rate_hz))
         rejected = {n: self._rejected(n) for n in (self.decision, self.action, self.controller)}
         bar = tqdm(total=self.source.frames, unit="frame", desc="replay (lockstep)", disable=not progress,
@@ -412,6 +414,8 @@ class _Player:
             elif role == "navigation":
                 expect["navigation"] = m.deserialize(raw, m.STRING).data.strip() or expect["navigation"]
             frame_start = time.perf_counter()
+            if role == "image" and self._grid_origin is None:
+                self._grid_origin = t_ns
             deciding = role == "image" and t_ns >= self._next_decision
             self._play(role, t_ns, raw, to_decision=deciding)
             if role != "image":
@@ -446,7 +450,7 @@ class _Player:
         """One frame's cycle, its inputs in and the clock on it: as the nodes' timers would, a decision and
         a plan when due (the first frame at or after each multiple of their periods)."""
         if deciding:
-            self._next_decision = (t_ns // self.decision_period_ns + 1) * self.decision_period_ns
+            self._next_decision = self._next_on_grid(t_ns, self.decision_period_ns)
             published = len(self.decisions)
             self.decision.decide()
             if len(self.decisions) > published:
@@ -456,11 +460,17 @@ class _Player:
                                    self.timeout):
                     self.timeouts["decision_at_action"] += 1
         if t_ns >= self._next_plan:
-            self._next_plan = (t_ns // self.plan_period_ns + 1) * self.plan_period_ns
+            self._next_plan = self._next_on_grid(t_ns, self.plan_period_ns)
             planned = len(self.trajectories)
             self.action.cycle()
             if len(self.trajectories) > planned:
                 self._pending = (len(self.trajectories), frame_start)
+
+    def _next_on_grid(self, t_ns: int, period_ns: int) -> int:
+        """The next multiple of ``period_ns`` after ``t_ns``, counted from the first frame: a recorder that
+        decided every 0.5 s from its first frame is decided on at the same frames, whatever the
+        bag's start time (a grid on whole multiples of bag time missed its labelled frames by up to 0.4 s)."""
+        return self._grid_origin + ((t_ns - self._grid_origin) // period_ns + 1) * period_ns
 
     def _wait_inputs(self, stamp: float, t_ns: int, expect: dict, rejected: dict, deciding: bool) -> None:
         """Every node holds this frame's camera image, the latest odometry and navigation (or refused them),
