@@ -441,11 +441,13 @@ def test_open_loop_bench_scores_each_checkpoint_against_the_logged_expert_decisi
     bag = record_sim(tmp_path / "bags", "merge", seconds=5.0, policy="expert", seed=5, progress=False)
     twin = tmp_path / "twin"
     shutil.copytree(tiny_checkpoint, twin)
-    assert main(["bench", "open-loop", str(tiny_checkpoint), str(twin), "--bags", str(bag)]) == 0
+    assert main(["bench", "open-loop", str(tiny_checkpoint), "--bags", str(tmp_path / "nope")]) == 2
+    assert f"open-loop: no bag at {tmp_path / 'nope'}" in capsys.readouterr().out
+    assert main(["bench", "open-loop", str(tiny_checkpoint), str(twin), "--bags", str(tmp_path / "bags")]) == 0
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])
     rows = report["policies"]
-    assert report["bench"] == "open_loop" and set(rows) == {Path(tiny_checkpoint).name, "twin"}
+    assert report["bench"] == "open_loop" and report["bags"] == 1 and set(rows) == {Path(tiny_checkpoint).name, "twin"}
     assert rows[Path(tiny_checkpoint).name] == rows["twin"]  # same weights, same inputs -> same row
     spec = tiny_policy.spec
     samples = read_samples([str(bag)], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=False)

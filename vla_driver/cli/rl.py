@@ -244,6 +244,7 @@ def rl_gain_command(args) -> int:
 
 def open_loop_command(args) -> int:
     from ..bench import emit
+    from ..experience.reader import find_bags
     from ..rl.gate import format_open_loop, open_loop_metrics
     from .replay import record_sim
 
@@ -251,7 +252,11 @@ def open_loop_command(args) -> int:
     if len(set(names)) != len(names):
         names = [f"{i}:{n}" for i, n in enumerate(names)]
     checkpoints = dict(zip(names, (_checkpoint(c) for c in args.checkpoints), strict=True))
-    bags = list(args.bags)
+    try:  # folders expand to their bags, so "bags" below counts bags, not arguments
+        bags = find_bags(args.bags) if args.bags else []
+    except FileNotFoundError as e:
+        print(f"open-loop: {e}")
+        return 2
     if not bags:
         seeds = _heldout_seeds(args)
         out = Path(args.out or tempfile.mkdtemp(prefix="open_loop_"))
