@@ -434,7 +434,6 @@ def test_sample_accel_is_the_nodes_causal_filter_and_never_sees_past_the_frame(t
     assert samples[3.0].speed == pytest.approx(12.0)
 
 
-
 @pytest.mark.parametrize("storage,image_kind", [(StoragePlugin.SQLITE3, "png"), (StoragePlugin.MCAP, "bgr8")])
 def test_reader_reads_bags_written_directly_with_rosbags(tmp_path, storage, image_kind):
     bag = tmp_path / "foreign"

@@ -253,7 +253,7 @@ def open_loop_command(args) -> int:
         names = [f"{i}:{n}" for i, n in enumerate(names)]
     checkpoints = dict(zip(names, (_checkpoint(c) for c in args.checkpoints), strict=True))
     try:  # folders expand to their bags, so "bags" below counts bags, not arguments
-        bags = find_bags(args.bags) if args.bags else []
+        bags = find_bags(args.bags)
     except FileNotFoundError as e:
         print(f"open-loop: {e}")
         return 2

@@ -19,11 +19,10 @@ Two ways to play:
   cycles per camera frame, as the timers would on a 2 Hz / 10 Hz grid of bag time started at the first
   frame (a cycle at the first frame at or after each multiple of the period from there): publish the
   frame's inputs, step ``/clock`` to it and wait until every node holds them and reads that time; run
-  the decision cycle when due and wait until
-  the action node holds the decision; run the action cycle when due; before the next frame's clock
-  step, wait until the trajectory and the controller's command (one per trajectory) are recorded. The
-  controller gets a frame's odometry only after commanding the previous plan, so a command never
-  depends on message timing. Outputs are recorded at the clock of their frame: two replays of one bag
+  the decision cycle when due and wait until the action node holds the decision; run the action cycle
+  when due; before the next frame's clock step, wait until the trajectory and the controller's command
+  (one per trajectory) are recorded. The controller gets a frame's odometry only after commanding the
+  previous plan, so a command never depends on message timing. Outputs are recorded at the clock of their frame: two replays of one bag
   give identical outputs (``ReplayResult.digest``; decision latency, a wall-clock figure, left out).
 
 Everything ROS lives inside :class:`_Player` (rclpy is imported there, so the rest of this module,
@@ -448,7 +447,7 @@ class _Player:
 
     def _cycle(self, t_ns: int, frame_start: float, deciding: bool) -> None:
         """One frame's cycle, its inputs in and the clock on it: as the nodes' timers would, a decision and
-        a plan when due (the first frame at or after each multiple of their periods)."""
+        a plan when due (the first frame at or after each multiple of their periods from the first frame)."""
         if deciding:
             self._next_decision = self._next_on_grid(t_ns, self.decision_period_ns)
             published = len(self.decisions)
