@@ -16,6 +16,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/schema", glob("config/schema/*.json")),
+        (f"share/{PACKAGE}/config/rigs", glob("config/rigs/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
