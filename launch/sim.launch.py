@@ -3,7 +3,7 @@
     ros2 launch vla_driver sim.launch.py scenario:=highway seed:=3
 
 The bridge publishes /clock and waits for each cycle's cmd_vel before stepping (synchronous mode).
-Without ros2 launch, ``vla-driver run`` composes the same four nodes in one process.
+Without ros2 launch, ``vla-driver demo`` composes the same four nodes in one process.
 """
 import os
 

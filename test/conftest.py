@@ -1,6 +1,5 @@
 """Shared fixtures: one tiny random checkpoint per session (built by the project's own code)."""
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -9,6 +8,8 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from vla_driver.harness.wait import wait_until as harness_wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_checkpoint):
-    from vla_driver.runtime.policy import load_policy
+    from vla_driver.runtime.loading import load_policy
 
     return load_policy(tiny_checkpoint, backend="torch")
 
@@ -31,7 +32,7 @@ def node_threads():
     policies were loaded with the default); restored afterwards."""
     import torch
 
-    from vla_driver.runtime.policy import inference_threads
+    from vla_driver.runtime.loading import inference_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(inference_threads())
@@ -47,10 +48,5 @@ def make_observation(seed: int = 0, speed: float = 10.0, navigation: str = "Go s
 
 
 def wait_until(condition, timeout_s: float = 60.0, poll_s: float = 0.02) -> bool:
-    """Poll ``condition`` until it holds or ``timeout_s`` passes: tests wait for messages, never for time."""
-    end = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(poll_s)
-    return True
+    """The harness's wait with a test's patience: a minute, polled every 20 ms."""
+    return harness_wait_until(condition, timeout_s, poll_s)

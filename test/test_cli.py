@@ -36,7 +36,7 @@ def test_train_rl_refuses_a_negative_collision_penalty_before_loading_anything(t
 
 
 def test_policy_threads_share_the_cores_out_among_workers_unless_told():
-    from vla_driver.cli.sim import policy_threads
+    from vla_driver.cli.common import policy_threads
 
     cores = len(os.sched_getaffinity(0))
     parser = build_parser()
@@ -45,3 +45,12 @@ def test_policy_threads_share_the_cores_out_among_workers_unless_told():
                            (["gate", "a", "b", "--workers", str(cores + 1)], 1),
                            (["record-expert", "--out", "x"], cores)):
         assert policy_threads(parser.parse_args(argv)) == expected, argv
+
+
+def test_the_command_list_names_exactly_the_registered_commands():
+    from vla_driver.cli import COMMANDS
+
+    registered = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(registered) == set(COMMANDS)
+    lazy = next(a for a in build_parser("eval")._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(lazy) == set(COMMANDS)

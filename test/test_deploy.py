@@ -43,18 +43,10 @@ from vla_driver.runtime.graph_spec import (
     save_graph_specs,
 )
 from vla_driver.runtime.onnx_backend import OrtSession, select_providers
-from vla_driver.runtime.tensorrt_backend import (
-    EntropyCalibrator,
-    TensorRTUnavailable,
-    TrtRunner,
-    build_engine,
-    compare_runners,
-    gpu_compute_capability,
-    make_progress_monitor,
-    open_engine,
-    tensorrt_available,
-    unsupported_ops,
-)
+from vla_driver.runtime.onnx_ops import unsupported_ops
+from vla_driver.runtime.tensorrt_builder import EntropyCalibrator, build_engine, make_progress_monitor
+from vla_driver.runtime.tensorrt_env import TensorRTUnavailable, gpu_compute_capability, tensorrt_available
+from vla_driver.runtime.tensorrt_runner import TrtRunner, compare_runners, open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

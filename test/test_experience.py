@@ -485,7 +485,7 @@ def test_logs_cli_info_keep_repair(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(required=True)
-    logs.register(sub, sub.add_parser("bench").add_subparsers())
+    logs.register(sub)
 
     def run(*argv) -> int:
         args = parser.parse_args(list(argv))

@@ -5,15 +5,11 @@ import numpy as np
 import onnx
 import pytest
 
-from vla_driver.runtime.export import (
-    SPEC_FILE,
-    example_observation,
-    export_checkpoint,
-    verify_onnx_against_torch,
-)
+from vla_driver.runtime.export import SPEC_FILE, export_checkpoint
 from vla_driver.runtime.graph_spec import load_graph_specs
-from vla_driver.runtime.policy import load_policy
-from vla_driver.runtime.tensorrt_backend import unsupported_ops
+from vla_driver.runtime.loading import load_policy
+from vla_driver.runtime.onnx_ops import unsupported_ops
+from vla_driver.runtime.parity import example_observation, verify_onnx_against_torch
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def test_graphs_from_another_exporter_are_reexported_and_current_ones_reused(exp
 
     from vla_driver.model.checkpoint import sha256_file
     from vla_driver.runtime.export import exporter_id
-    from vla_driver.runtime.policy import ensure_exported
+    from vla_driver.runtime.loading import ensure_exported
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exported, ckpt)
@@ -127,7 +123,7 @@ import sys, time
 from pathlib import Path
 import vla_driver.runtime.export as export
 from vla_driver.model.checkpoint import sha256_file
-from vla_driver.runtime.policy import ensure_exported
+from vla_driver.runtime.loading import ensure_exported
 
 ckpt, ready, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 real, exports = export.export_checkpoint, []

@@ -170,7 +170,7 @@ def test_prompt_carries_speed_and_navigation(tiny_policy):
 
 
 def test_embedded_default_checkpoint_is_intact_and_trained():
-    from vla_driver.runtime.policy import DEFAULT_CHECKPOINT
+    from vla_driver.runtime.loading import DEFAULT_CHECKPOINT
 
     manifest = verify_checkpoint(DEFAULT_CHECKPOINT)
     assert manifest["lineage"]["kind"] == "sft" and manifest["lineage"]["samples"] > 1000

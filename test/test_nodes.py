@@ -29,8 +29,8 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from vla_driver.core.metrics import EpisodeResult  # noqa: E402
 from vla_driver.core.trajectory import Trajectory, constant_motion, stop_trajectory  # noqa: E402
+from vla_driver.harness.ros_loop import run_closed_loop  # noqa: E402
 from vla_driver.nodes.action_node import ActionNode, ActionParams  # noqa: E402
-from vla_driver.nodes.compose import run_closed_loop, stop_executor  # noqa: E402
 from vla_driver.nodes.controller_node import ControllerNode  # noqa: E402
 from vla_driver.nodes.convert import (  # noqa: E402
     EgoState,
@@ -43,6 +43,7 @@ from vla_driver.nodes.convert import (  # noqa: E402
 )
 from vla_driver.nodes.decision_node import DecisionNode, DecisionParams  # noqa: E402
 from vla_driver.nodes.executor import MultiThreadedExecutor  # noqa: E402
+from vla_driver.nodes.spin import stop_executor  # noqa: E402
 
 SPEED = 8.0
 DEADLINE_S = 60.0  # a wait for messages gives up after this; only a broken node should ever reach it
@@ -145,7 +146,7 @@ def harness():
 @pytest.fixture(scope="module")
 def second_policy(tiny_checkpoint):
     """A second instance: a policy switches LoRA adapters per call, so two nodes never share one."""
-    from vla_driver.runtime.policy import load_policy
+    from vla_driver.runtime.loading import load_policy
 
     return load_policy(tiny_checkpoint, backend="torch")
 
@@ -271,7 +272,7 @@ def test_controller_follows_a_left_curve_and_brakes_when_the_trajectory_goes_sta
 def test_frozen_heap_keeps_live_objects_out_of_full_collections_while_the_loop_spins():
     import gc
 
-    from vla_driver.nodes.compose import frozen_heap
+    from vla_driver.nodes.spin import frozen_heap
 
     with frozen_heap():
         frozen = gc.get_freeze_count()  # torch, rclpy, the policies: never walked by a collection in here

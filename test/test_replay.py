@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ DOMAIN_ID = 152  # distinct from the other ROS test files (141 nodes, 142 launch
 from rosbags.rosbag2 import Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from vla_driver.cli.replay import record_sim  # noqa: E402
 from vla_driver.experience.reader import MissingTopicError, read_samples  # noqa: E402
-from vla_driver.experience.replay import open_bag_input, replay_bag  # noqa: E402
+from vla_driver.harness.record_sim import record_sim  # noqa: E402
+from vla_driver.harness.replay import replay_bag  # noqa: E402
+from vla_driver.harness.replay_input import open_bag_input  # noqa: E402
 
 SPEED = 8.0
 FRAME_TIMEOUT_S = 30.0  # lockstep waits this long for a frame's outputs: a busy machine is slow, not broken
@@ -32,7 +35,7 @@ def sim_bag(tmp_path_factory):
 @pytest.fixture(scope="module")
 def second_policy(tiny_checkpoint):
     """A free-running replay runs both nodes at once: each needs its own policy object."""
-    from vla_driver.runtime.policy import load_policy
+    from vla_driver.runtime.loading import load_policy
 
     return load_policy(tiny_checkpoint, backend="torch")
 
@@ -150,3 +153,18 @@ def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsy
     assert main(["replay", str(bag), "--remap", "/ego/odom:=/odom", "--out", str(tmp_path / "out")]) == 2
     message = capsys.readouterr().err
     assert "'/camera/image_raw' (image)" in message and "--remap" in message
+
+
+def test_a_remapped_replay_from_the_command_line_hands_rcl_no_deprecated_remap(tmp_path, capfd):
+    """The command's own ``--remap OLD:=NEW`` renames bag topics; rcl must not read it as a ROS remap rule
+    (it did, from sys.argv, warning "This syntax is deprecated" once per rule)."""
+    from vla_driver.cli import main
+
+    bag = write_independent_bag(tmp_path / "bag", seconds=1.0)
+    argv = ["replay", str(bag), "--lockstep", "--remap", "/front/image:=/camera/image_raw", "/ego/odom:=/odom",
+            "--backend", "torch", "--out", str(tmp_path / "out")]
+    with mock.patch.object(sys, "argv", ["vla-driver", *argv]):
+        assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert "x real time" in captured.out
+    assert "deprecated" not in captured.err

@@ -20,7 +20,10 @@ from vla_driver.core.control import PurePursuitPID  # noqa: E402
 from vla_driver.core.trajectory import TrajectorySpec, constant_motion  # noqa: E402
 from vla_driver.core.vocabulary import SPEED_SEMANTICS, Decision, DecisionVocabulary  # noqa: E402
 from vla_driver.model.checkpoint import load_checkpoint, read_manifest, save_checkpoint  # noqa: E402
-from vla_driver.rl.online import BranchRewardConfig, TrainRLConfig, branch_reward, run_branches, train_rl  # noqa: E402
+from vla_driver.rl.branch_reward import BranchRewardConfig, branch_reward  # noqa: E402
+from vla_driver.rl.branches import run_branches  # noqa: E402
+from vla_driver.rl.online import train_rl  # noqa: E402
+from vla_driver.rl.online_config import TrainRLConfig  # noqa: E402
 
 
 class LiteralPlanner:
@@ -133,7 +136,8 @@ def test_branches_follow_on_with_the_policy_s_own_decisions_after_the_held_one()
 def test_standing_still_until_the_blocked_timeout_pays_the_blocked_penalty_and_driving_on_does_not():
     """The ego has stood on an empty highway for 8 s of its 10 s blocked allowance: holding STOP for 3 s
     more ends the episode blocked (the timer survives snapshot / restore), ACCELERATE drives away."""
-    from vla_driver.sim.highway import BLOCKED_S, DrivingSim
+    from vla_driver.sim.episode import BLOCKED_S
+    from vla_driver.sim.highway import DrivingSim
 
     sim = DrivingSim("highway", seed=3)
     sim.vehicle.speed = 0.0
@@ -177,7 +181,7 @@ def test_groups_of_one_decision_are_kept_but_not_driven(tiny_checkpoint):
     """At a near-zero temperature every draw is the greedy decision: zero advantages, so no branch is driven."""
     import dataclasses
 
-    from vla_driver.rl.online import RolloutTask, RolloutWorker, decision_adapter_state
+    from vla_driver.rl.rollout import RolloutTask, RolloutWorker, decision_adapter_state
 
     cfg = TrainRLConfig(workers=0, scenarios=("merge",), episode_s=2.0, branch_every=1, group_size=4)
     cfg.grpo = dataclasses.replace(cfg.grpo, temperature=1e-4)
@@ -251,10 +255,10 @@ def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_ve
     from std_msgs.msg import String
 
     from vla_driver.model.build import build_random_checkpoint
-    from vla_driver.nodes.compose import stop_executor
     from vla_driver.nodes.convert import EgoState, rgb_to_image, state_to_odometry
     from vla_driver.nodes.decision_node import DecisionNode
     from vla_driver.nodes.executor import MultiThreadedExecutor
+    from vla_driver.nodes.spin import stop_executor
 
     new_ckpt = build_random_checkpoint(tmp_path / "next", seed=1)
     new_version = read_manifest(new_ckpt)["model_version"]
@@ -347,7 +351,7 @@ def test_checkpoint_hot_swap_through_rclpy_keeps_deciding_and_reports_the_new_ve
 
 def test_refresh_cli_trains_a_new_checkpoint_from_a_recorded_bag(tiny_checkpoint, tmp_path, capsys):
     from vla_driver.cli import main
-    from vla_driver.cli.replay import record_sim
+    from vla_driver.harness.record_sim import record_sim
 
     bag = record_sim(tmp_path / "bags", "highway", seconds=5.0, policy="expert", seed=4, progress=False)
     out = tmp_path / "refreshed"
@@ -365,7 +369,7 @@ def test_refresh_cli_trains_a_new_checkpoint_from_a_recorded_bag(tiny_checkpoint
 def test_ray_executor_without_ray_fails_with_a_clear_error(tiny_checkpoint):
     import importlib.util
 
-    from vla_driver.rl.online import make_executor
+    from vla_driver.rl.rollout_executors import make_executor
 
     if importlib.util.find_spec("ray") is not None:
         pytest.skip("ray is installed here")
@@ -376,7 +380,7 @@ def test_ray_executor_without_ray_fails_with_a_clear_error(tiny_checkpoint):
 def test_gate_cli_evaluates_the_held_out_seeds_it_is_told_and_pools_replay_accuracy_over_the_bags(
         tiny_checkpoint, tmp_path, capsys):
     from vla_driver.cli import main
-    from vla_driver.cli.replay import record_sim
+    from vla_driver.harness.record_sim import record_sim
 
     # two drives in a replay-set folder, one drive folder per drive (as `bench open-loop --out` writes), one apart
     bags = [record_sim(folder, name, seconds=seconds, policy="expert", seed=seed, progress=False)
@@ -435,8 +439,8 @@ def test_rl_gain_writes_every_episode_pair_and_eval_compare_refuses_options_it_c
 def test_open_loop_bench_scores_each_checkpoint_against_the_logged_expert_decisions(tiny_checkpoint, tiny_policy,
                                                                                     tmp_path, capsys):
     from vla_driver.cli import main
-    from vla_driver.cli.replay import record_sim
     from vla_driver.experience.reader import read_samples
+    from vla_driver.harness.record_sim import record_sim
 
     bag = record_sim(tmp_path / "bags", "merge", seconds=5.0, policy="expert", seed=5, progress=False)
     twin = tmp_path / "twin"

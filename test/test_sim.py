@@ -9,10 +9,13 @@ from vla_driver.core.trajectory import TrajectorySpec, constant_motion
 from vla_driver.core.types import DecisionResult
 from vla_driver.core.vocabulary import Decision, DecisionVocabulary
 from vla_driver.sim.closed_loop import HELDOUT_SEEDS, TRAIN_SEEDS, run_episode
-from vla_driver.sim.dataset import load_dataset, record_expert_dataset
+from vla_driver.sim.dataset import record_expert_dataset
 from vla_driver.sim.expert import ExpertPolicy
-from vla_driver.sim.highway import SCENARIOS, DrivingSim, ego_to_pixel
+from vla_driver.sim.highway import DrivingSim
 from vla_driver.sim.render import save_episode_gif, save_episode_png
+from vla_driver.sim.scenarios import SCENARIOS
+from vla_driver.sim.shards import load_dataset
+from vla_driver.sim.topdown import ego_to_pixel
 
 NAV_PATTERNS = {
     "highway": r"^Follow the road for \d+m$",

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from vla_driver.core.trajectory import TrajectorySpec
-from vla_driver.sim.dataset import _record_dagger_episode, _write_shard, load_dataset
+from vla_driver.sim.dataset import _record_dagger_episode
 from vla_driver.sim.expert import ExpertPolicy
 from vla_driver.sim.highway import DrivingSim
+from vla_driver.sim.shards import load_dataset, write_shard
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def dagger_dir(tiny_policy, tmp_path_factory):
     expert = ExpertPolicy(sim, tiny_policy.vocab, TrajectorySpec(), decision_hz=2.0)
     samples = _record_dagger_episode(sim, expert, tiny_policy, 0, 2.0, 0.3, np.random.default_rng(0))
     sim.close()
-    _write_shard(out / "highway_000000.npz", samples, tiny_policy.vocab, 0, "highway")
+    write_shard(out / "highway_000000.npz", samples, tiny_policy.vocab, 0, "highway")
     (out / "meta.json").write_text('{"shards": ["highway_000000.npz"]}')
     return out
 
@@ -36,7 +37,7 @@ def test_sft_fits_the_data_and_trains_both_adapters(dagger_dir, tmp_path):
     import json
 
     from vla_driver.rl.sft import SFTConfig, decisions_from, observations_from, train_sft
-    from vla_driver.runtime.policy import load_policy
+    from vla_driver.runtime.loading import load_policy
 
     cfg = SFTConfig(action_steps=40, decision_steps=40, batch_size=8, threads=2)
     report = train_sft([dagger_dir], tmp_path / "ckpt", cfg=cfg, progress=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -36,3 +37,14 @@ def peak_python_mb(fn: Callable[[], object]) -> float:
 
 def emit(record: dict) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+
+
+def json_safe(value):
+    """JSON-safe: nan/inf -> None, floats rounded."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    return value

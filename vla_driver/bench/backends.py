@@ -7,19 +7,18 @@ from __future__ import annotations
 import multiprocessing as mp
 import resource
 
+import torch
+
+from ..runtime.loading import load_policy
+from ..sim.highway import DrivingSim
 from . import emit, percentiles, time_calls
 
 
 def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> None:
-    import torch
-
-    from ..runtime.export import example_observation
-    from ..runtime.policy import load_policy
 
     torch.set_num_threads(threads)
     policy = load_policy(checkpoint, backend=backend, threads=threads)
-    obs = frame_for_bench()  # a real simulator frame when the simulator is importable
-    obs = obs or example_observation(0)
+    obs = frame_for_bench()
     decision = policy.decide(obs).decision
     results = {
         "backend": policy.backend_name,
@@ -32,10 +31,7 @@ def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> 
 
 
 def frame_for_bench():
-    try:
-        from ..sim.highway import DrivingSim
-    except ImportError:
-        return None
+    """A real simulator frame: the first of a held-out highway episode."""
     sim = DrivingSim("highway", seed=100_000)
     try:
         return sim.reset()
@@ -44,8 +40,6 @@ def frame_for_bench():
 
 
 def run(checkpoint: str = "", iters: int = 100, threads: int = 2) -> dict:
-    from ..runtime.policy import load_policy
-
     load_policy(checkpoint, backend="onnxruntime")  # export once, outside the timed processes
     ctx = mp.get_context("spawn")
     out = {}

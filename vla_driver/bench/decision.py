@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from ..core.vocabulary import parse_answer
+from ..model.prompts import fast_answer_prefix
+from ..runtime.loading import load_policy
+from ..sim.highway import DrivingSim
 from . import emit, percentiles, time_calls
 
 
 def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
-    from ..core.vocabulary import parse_answer
-    from ..model.prompts import fast_answer_prefix
-    from ..runtime.policy import load_policy
-    from ..sim.highway import DrivingSim
-
     policy = load_policy(checkpoint, backend="torch", threads=threads)
     sim = DrivingSim("highway", seed=100_000)
     obs = sim.reset()

@@ -1,8 +1,8 @@
 """``vla-driver build-engine`` and ``vla-driver verify``; the trt/*.py scripts run the same code.
 
 Each command's arguments come from one ``add_*_arguments`` function and its work from one ``run_*`` handler,
-used both here and by ``trt/build_engine.py``, ``trt/verify_engine.py`` and ``trt/export_onnx.py``. Handlers
-import numpy, onnxruntime and TensorRT lazily and return an exit code: 0 ok, 1 a check failed, 2 cannot run.
+used both here and by ``trt/build_engine.py``, ``trt/verify_engine.py`` and ``trt/export_onnx.py``. Only TensorRT
+is imported lazily (an optional dependency); each handler returns an exit code: 0 ok, 1 a check failed, 2 cannot run.
 """
 from __future__ import annotations
 
@@ -13,7 +13,27 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vla_driver.runtime.engine_cache import PRECISIONS
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from vla_driver.runtime.calibration import calibration_batches, iter_frames, passthrough_preprocess
+from vla_driver.runtime.engine_cache import (
+    PRECISIONS,
+    EngineKey,
+    HashMismatchError,
+    check_engine_dir,
+    engine_filename,
+    verify_file_hash,
+)
+from vla_driver.runtime.export import export_checkpoint
+from vla_driver.runtime.graph_spec import PROFILE_POINTS, load_graph_specs, sample_feeds, save_graph_specs
+from vla_driver.runtime.onnx_backend import OrtSession
+from vla_driver.runtime.onnx_ops import unsupported_ops
+from vla_driver.runtime.parity import verify_onnx_against_torch
+from vla_driver.runtime.tensorrt_builder import EntropyCalibrator, build_engine
+from vla_driver.runtime.tensorrt_env import runtime_engine_key, tensorrt_available
+from vla_driver.runtime.tensorrt_runner import TrtRunner, compare_runners
+from vla_driver.sim.parity_frames import observations_for
 
 
 def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,8 +82,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 # ---- shared steps -------------------------------------------------------------------------------------
 def _selected_graphs(args) -> list[tuple]:
     """(GraphSpec, onnx path) for each selected graph. Raises ValueError/FileNotFoundError with the reason."""
-    from vla_driver.runtime.graph_spec import load_graph_specs
-
     specs = load_graph_specs(args.spec)
     if args.graph:
         unknown = sorted(set(args.graph) - {s.name for s in specs})
@@ -75,12 +93,17 @@ def _selected_graphs(args) -> list[tuple]:
     return [(s, args.onnx if args.onnx is not None else s.onnx_path(args.spec.parent)) for s in specs]
 
 
+def _graphs_or_report(args) -> list[tuple] | None:
+    """``_selected_graphs``, or None once the reason they cannot be read is printed (the handler exits 2)."""
+    try:
+        return _selected_graphs(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def _static_problems(spec, onnx_path: Path, allow_recent: bool) -> list[str]:
     """What can be checked without running anything: spec consistency, ONNX file hash, operator support."""
-    from google.protobuf.message import DecodeError
-
-    from vla_driver.runtime.engine_cache import HashMismatchError, verify_file_hash
-    from vla_driver.runtime.tensorrt_backend import unsupported_ops
 
     problems = list(spec.problems())
     if not onnx_path.is_file():
@@ -104,8 +127,6 @@ def _calibrator(args, spec, engine_path: Path):
     this very engine key exists (TensorRT then reads the cache). None: no calibration data at all."""
     if args.precision != "int8":
         return None
-    from vla_driver.runtime.calibration import calibration_batches, iter_frames, passthrough_preprocess
-    from vla_driver.runtime.tensorrt_backend import EntropyCalibrator
 
     cache = engine_path.with_name(engine_path.stem + ".int8-calibration.cache")
     if args.calib_frames is None:
@@ -132,10 +153,8 @@ def _failed_rows(rows: list[dict]) -> list[dict]:
 
 # ---- handlers -----------------------------------------------------------------------------------------
 def run_build_engine(args) -> int:
-    try:
-        graphs = _selected_graphs(args)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    graphs = _graphs_or_report(args)
+    if graphs is None:
         return 2
     problems = {spec.name: _static_problems(spec, onnx, args.allow_recent_ops) for spec, onnx in graphs}
     for name, found in problems.items():
@@ -143,9 +162,6 @@ def run_build_engine(args) -> int:
             print(f"{name}: {problem}", file=sys.stderr)
     if any(problems.values()):
         return 1
-
-    from vla_driver.runtime.engine_cache import check_engine_dir, engine_filename
-    from vla_driver.runtime.tensorrt_backend import build_engine, runtime_engine_key, tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:
@@ -184,9 +200,6 @@ def run_build_engine(args) -> int:
 
 
 def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: int = 2) -> list[dict]:
-    from vla_driver.runtime.onnx_backend import OrtSession
-    from vla_driver.runtime.tensorrt_backend import TrtRunner, compare_runners
-
     reference = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu")
     rows = compare_runners(reference, TrtRunner(engine, spec), spec, precision)
     for row in rows:
@@ -198,10 +211,6 @@ def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: i
 
 def _check_ort(spec, onnx: Path, threads: int) -> dict:
     """Load the graph in ONNX Runtime (CPU) and run it at min/opt/max: shapes and finiteness."""
-    import numpy as np
-
-    from vla_driver.runtime.graph_spec import PROFILE_POINTS, sample_feeds
-    from vla_driver.runtime.onnx_backend import OrtSession
 
     session = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu")
     problems = []
@@ -216,9 +225,6 @@ def _check_ort(spec, onnx: Path, threads: int) -> dict:
 
 
 def _check_engine(args, spec, onnx: Path) -> dict:
-    from vla_driver.runtime.engine_cache import EngineKey, check_engine_dir
-    from vla_driver.runtime.tensorrt_backend import runtime_engine_key, tensorrt_available
-
     trt_ok, why = tensorrt_available()
     if args.trt_version and args.compute_capability:
         key = EngineKey.for_graph(spec, args.precision, args.compute_capability, args.trt_version)
@@ -240,10 +246,8 @@ def _check_engine(args, spec, onnx: Path) -> dict:
 
 
 def run_verify(args) -> int:
-    try:
-        graphs = _selected_graphs(args)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    graphs = _graphs_or_report(args)
+    if graphs is None:
         return 2
     summary: dict = {"graphs": {}}
     failed = False
@@ -271,13 +275,9 @@ def run_verify(args) -> int:
 
 
 def _verify_against_torch(args) -> dict:
-    """The model-specific comparison lives with the exporter (``vla_driver.runtime.export``)."""
+    """The model-specific comparison (``vla_driver.runtime.parity``) on frames the simulator side resolves."""
     try:
-        from vla_driver.runtime.export import verify_onnx_against_torch
-    except ImportError as exc:
-        return {"ok": False, "error": f"vla_driver.runtime.export is not available ({exc})"}
-    try:
-        frames = args.frames or (args.sim_frames or None)
+        frames = observations_for(args.frames or (args.sim_frames or None))
         report = verify_onnx_against_torch(args.checkpoint, args.spec.parent, frames, progress=True)
     except Exception as exc:  # report any failure of the model-side check instead of a traceback
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -286,13 +286,6 @@ def _verify_against_torch(args) -> dict:
 
 
 def run_export(args) -> int:
-    try:
-        from vla_driver.runtime.export import export_checkpoint
-    except ImportError as exc:
-        print(f"error: vla_driver.runtime.export is not available ({exc})", file=sys.stderr)
-        return 2
-    from vla_driver.runtime.graph_spec import save_graph_specs
-
     specs = export_checkpoint(args.checkpoint, args.out)
     path = save_graph_specs(specs, Path(args.out) / "graphs.json")
     for spec in specs:
@@ -310,7 +303,7 @@ def script_main(add_arguments: Callable[[argparse.ArgumentParser], None], handle
     return int(handler(parser.parse_args(argv)) or 0)
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     build = sub.add_parser("build-engine", help="build TensorRT engines from exported ONNX graphs (on the car)")
     add_build_arguments(build)
     build.set_defaults(func=run_build_engine)

@@ -1,15 +1,17 @@
-"""``vla-driver logs info|repair|keep``: look after experience segments; ``vla-driver bench logger``: the logger
-node recording a camera and odometry over real rclpy pub/sub while the simulator driver runs."""
+"""``vla-driver logs info|repair|keep``: look after experience segments."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from rosbags.rosbag2 import Reader
 
-def register(sub, bench_sub) -> None:
+from vla_driver.experience.repair import repair_all, repair_segment
+from vla_driver.experience.segments import SegmentInfo, is_bag_dir, list_segments, mark_keep, segment_state
+
+
+def register(sub) -> None:
     logs = sub.add_parser("logs", help="experience segments (rosbag2 MCAP): info, repair, keep")
     logs_sub = logs.add_subparsers(dest="logs_command", required=True)
 
@@ -27,20 +29,8 @@ def register(sub, bench_sub) -> None:
     keep.add_argument("segment", nargs="+")
     keep.set_defaults(func=_keep)
 
-    bench = bench_sub.add_parser(
-        "logger", help="the logger node recording a camera + odometry over rclpy while the driver runs")
-    bench.add_argument("--seconds", type=float, default=60.0, help="logging time measured")
-    bench.add_argument("--baseline-seconds", type=float, default=10.0, help="driver + sensors without the logger")
-    bench.add_argument("--width", type=int, default=1280, help="camera image width (rgb8)")
-    bench.add_argument("--height", type=int, default=720)
-    bench.add_argument("--camera-hz", type=float, default=20.0)
-    bench.add_argument("--odom-hz", type=float, default=50.0)
-    bench.add_argument("--domain-id", type=int, default=161, help="ROS domain of the benchmark's own graph")
-    bench.set_defaults(func=_bench)
 
 def _segments(path: Path):
-    from vla_driver.experience.segments import SegmentInfo, is_bag_dir, list_segments, segment_state
-
     if is_bag_dir(path):
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         return [SegmentInfo(path, segment_state(path), (path / "KEEP").exists(), size)]
@@ -48,8 +38,6 @@ def _segments(path: Path):
 
 
 def _describe(info) -> dict:
-    from rosbags.rosbag2 import Reader
-
     row = {"name": info.name, "state": info.state, "kept": info.kept, "size_bytes": info.size_bytes}
     if info.state != "complete":
         return row
@@ -90,9 +78,6 @@ def _info(args) -> int:
 
 
 def _repair(args) -> int:
-    from vla_driver.experience.repair import repair_all, repair_segment
-    from vla_driver.experience.segments import is_bag_dir
-
     path = Path(args.dir)
     if not path.is_dir():
         print(f"no such directory: {path}", file=sys.stderr)
@@ -106,8 +91,6 @@ def _repair(args) -> int:
 
 
 def _keep(args) -> int:
-    from vla_driver.experience.segments import mark_keep
-
     status = 0
     for segment in args.segment:
         try:
@@ -116,200 +99,3 @@ def _keep(args) -> int:
             print(f"cannot keep {segment}: {err}", file=sys.stderr)
             status = 1
     return status
-
-
-@dataclass
-class _Stream:
-    publisher: object
-    payload: bytearray  # CDR bytes; the header stamp is patched per message
-    period: float
-    topic: str
-    published: int = 0
-
-
-class _Sensors:
-    """Camera and odometry drivers: pre-serialized messages, re-stamped and published on a schedule."""
-
-    def __init__(self, node, width: int, height: int, camera_hz: float, odom_hz: float):
-        import numpy as np
-        from nav_msgs.msg import Odometry
-        from rclpy.qos import QoSProfile
-        from sensor_msgs.msg import Image
-
-        from vla_driver.experience.messages import image_message, odometry_message
-
-        frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-        self.node = node
-        self.streams = [
-            _Stream(node.create_publisher(Image, "/bench/camera", QoSProfile(depth=20)),
-                    bytearray(image_message(frame, 0)), 1.0 / camera_hz, "/bench/camera"),
-            _Stream(node.create_publisher(Odometry, "/bench/odom", QoSProfile(depth=100)),
-                    bytearray(odometry_message(0, 0.0, 0.0, 0.0, 10.0)), 1.0 / odom_hz, "/bench/odom"),
-        ]
-
-    def subscribed(self) -> bool:
-        return all(s.publisher.get_subscription_count() > 0 for s in self.streams)
-
-    def run(self, seconds: float) -> float:
-        """Publish every stream at its rate for ``seconds``; returns the wall time it took."""
-        import struct
-        import time
-
-        start = time.monotonic()
-        due = [start] * len(self.streams)
-        while True:
-            i = min(range(len(due)), key=due.__getitem__)
-            if due[i] - start >= seconds:
-                return time.monotonic() - start
-            time.sleep(max(0.0, due[i] - time.monotonic()))
-            stream = self.streams[i]
-            stamp = self.node.get_clock().now().nanoseconds
-            struct.pack_into("<iI", stream.payload, 4, stamp // 1_000_000_000, stamp % 1_000_000_000)
-            stream.publisher.publish(bytes(stream.payload))
-            stream.published += 1
-            due[i] += stream.period
-
-    def counts(self) -> dict:
-        return {s.topic: s.published for s in self.streams}
-
-    def message_bytes(self) -> dict:
-        return {s.topic: len(s.payload) for s in self.streams}
-
-
-def _drive(stop, counts: dict) -> None:
-    """The in-process closed loop at real time: the simulator's expert drives, the camera is rendered."""
-    import time
-
-    from vla_driver.sim.expert import ExpertPolicy
-    from vla_driver.sim.highway import DrivingSim
-
-    sim = DrivingSim("highway", seed=0)
-    expert, seed, due = ExpertPolicy(sim), 0, time.monotonic()
-    while not stop.is_set():
-        if sim.done:
-            seed += 1
-            sim.reset(seed)
-            expert.attach(sim)
-        sim.observation()
-        sim.step(*expert.act())
-        counts["driver_steps"] = counts.get("driver_steps", 0) + 1
-        due += sim.dt
-        time.sleep(max(0.0, due - time.monotonic()))
-    sim.close()
-
-
-def _count_stamped(root, window: tuple[int, int]) -> dict:
-    """Messages per recorded topic whose header stamp lies in ``window`` (ns), read from the raw CDR."""
-    import struct
-
-    from rosbags.highlevel import AnyReader
-
-    from vla_driver.experience.reader import find_bags
-
-    counts: dict[str, int] = {}
-    with AnyReader(find_bags(root)) as reader:
-        for conn, _t, raw in reader.messages():
-            sec, nanosec = struct.unpack_from("<iI", raw, 4)
-            if window[0] <= sec * 1_000_000_000 + nanosec <= window[1]:
-                counts[conn.topic] = counts.get(conn.topic, 0) + 1
-    return counts
-
-
-def _bench(args) -> int:
-    """Sensors + driver alone, then with the logger node in its own process (as ``ros2 run`` starts it)."""
-    import os
-    import signal
-    import subprocess
-    import tempfile
-    import threading
-    import time
-
-    import psutil
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=args.domain_id)
-    node = Node("bench_sensors", context=context)
-    sensors = _Sensors(node, args.width, args.height, args.camera_hz, args.odom_hz)
-    logger_status: dict = {}
-    node.create_subscription(DiagnosticArray, "/diagnostics", lambda msg: logger_status.update(
-        {v.key: v.value for s in msg.status if s.name == "vla_driver: logger_node" for v in s.values}), 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    stop, counts = threading.Event(), {}
-    driver = threading.Thread(target=_drive, args=(stop, counts), daemon=True)
-    driver.start()
-    me = psutil.Process()
-    tmp = tempfile.mkdtemp(prefix="bench_logger_")
-    child = None
-    try:
-        while driver.is_alive() and not counts.get("driver_steps"):  # the simulator has started
-            time.sleep(0.05)
-        print(f"baseline: driver + {args.width}x{args.height} camera at {args.camera_hz:g} Hz + odometry at "
-              f"{args.odom_hz:g} Hz for {args.baseline_seconds:g} s, no logger")
-        cpu0 = sum(me.cpu_times()[:2])
-        base_wall = sensors.run(args.baseline_seconds)
-        baseline = (sum(me.cpu_times()[:2]) - cpu0) / base_wall
-        child = subprocess.Popen(
-            [sys.executable, "-m", "vla_driver.nodes.logger_node", "--ros-args",
-             "-p", f"output_dir:={tmp}", "-p", "min_free_mb:=0.0", "-p", "topics:=[image,odom]",
-             "-p", "image_topic:=/bench/camera", "-p", "odom_topic:=/bench/odom"],
-            env={**os.environ, "ROS_DOMAIN_ID": str(args.domain_id)})
-        deadline = time.monotonic() + 60.0
-        while not sensors.subscribed():
-            if time.monotonic() > deadline or child.poll() is not None:
-                raise RuntimeError("the logger node did not subscribe within 60 s")
-            time.sleep(0.05)
-        sensors.run(1.0)  # warm-up: both sides of every connection have matched before the window opens
-        before = sensors.counts()
-        logger = psutil.Process(child.pid)
-        print(f"logging for {args.seconds:g} s with the logger node (pid {child.pid})")
-        cpu0, log_cpu0 = sum(me.cpu_times()[:2]), sum(logger.cpu_times()[:2])
-        window = (node.get_clock().now().nanoseconds, 0)
-        wall = sensors.run(args.seconds)
-        window = (window[0], node.get_clock().now().nanoseconds)
-        time.sleep(1.5)  # let the last messages land and one more diagnostics period pass
-        wall_all = wall + 1.5
-        with_logger = (sum(me.cpu_times()[:2]) - cpu0) / wall_all
-        logger_cpu = (sum(logger.cpu_times()[:2]) - log_cpu0) / wall_all
-        published = {k: v - before[k] for k, v in sensors.counts().items()}
-        sensors.run(0.5)  # a tail after the window, so late deliveries inside it are not cut off
-        time.sleep(0.5)
-        child.send_signal(signal.SIGINT)
-        child.wait(timeout=60)
-        recorded = _count_stamped(tmp, window)
-    finally:
-        stop.set()
-        if child is not None and child.poll() is None:
-            child.kill()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        driver.join(timeout=5)
-        shutil.rmtree(tmp, ignore_errors=True)
-    sizes = sensors.message_bytes()
-    record_as = {"/bench/camera": "/camera/image_raw", "/bench/odom": "/odom"}
-    got = {topic: recorded.get(record_as[topic], 0) for topic in published}
-    lost = sum(published[t] - got[t] for t in published)
-    mb_per_s = sum(got[t] * sizes[t] for t in published) / wall / 1e6
-    result = {
-        "bench": "logger", "dropped": lost + int(logger_status.get("dropped", 0)), "mb_per_s": round(mb_per_s, 1),
-        "cpu_percent": round(100 * logger_cpu, 1),
-        "driver_process_cpu_percent": {"without_logger": round(100 * baseline, 1),
-                                       "with_logger": round(100 * with_logger, 1)},
-        "published": published, "recorded": got,
-        "writer_dropped": int(logger_status.get("dropped", 0)),
-        "callback_us_p99": logger_status.get("callback_us_p99"), "seconds": round(wall, 1),
-        "camera": f"{args.width}x{args.height} rgb8 @ {args.camera_hz:g} Hz", "odom_hz": args.odom_hz,
-        "driver_steps": counts.get("driver_steps", 0),
-    }
-    print(f"published {published}, recorded {got}: {result['dropped']} dropped; {result['mb_per_s']} MB/s")
-    print(f"CPU (% of one core): logger process {result['cpu_percent']}; driver + sensors process "
-          f"{result['driver_process_cpu_percent']['without_logger']} without the logger, "
-          f"{result['driver_process_cpu_percent']['with_logger']} with it")
-    print(json.dumps(result))
-    return 0

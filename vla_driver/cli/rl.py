@@ -1,18 +1,29 @@
-"""RL commands: ``refresh`` (offline, from bags), ``train-rl`` (online, in the simulator), ``gate``, ``promote``
-``bench rl-gain`` (SFT vs SFT+RL, closed loop) and ``bench open-loop`` (AlphaDrive's table on a replay set)."""
+"""RL commands: ``refresh`` (offline, from bags), ``train-rl`` (online, in the simulator), ``gate`` and
+``promote``."""
 from __future__ import annotations
 
 import json
-import math
-import tempfile
 from pathlib import Path
 
-from .sim import _scenarios, add_threads_argument, add_workers_argument, override_from_args, policy_threads
+from ..bench import json_safe
+from ..model.checkpoint import read_manifest
+from ..rl.gate import format_comparison, gate, promote
+from ..rl.online import train_rl
+from ..rl.online_config import TrainRLConfig
+from ..rl.parallel import DataParallel
+from ..rl.refresh import RefreshConfig, refresh
+from .common import (
+    DEFAULT_SCENARIOS,
+    add_eval_arguments,
+    checkpoint_dir,
+    heldout_seeds,
+    override_from_args,
+    policy_threads,
+    scenario_list,
+)
 
-DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
 
-
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("refresh", help="offline RL refresh of the decision adapter from logged experience bags")
     p.add_argument("--experience", nargs="+", required=True, metavar="DIR", help="bag dirs / segment folders")
     p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CHECKPOINT")
@@ -32,7 +43,7 @@ def register(sub, bench_sub) -> None:
     p.set_defaults(func=refresh_command)
 
     p = sub.add_parser("train-rl", help="online GRPO in the simulator: closed-loop rollouts with branching",
-                       description="Unset options keep the recipe measured in README (rl.online.TrainRLConfig, "
+                       description="Unset options keep the recipe measured in docs/results.md (rl.online_config.TrainRLConfig, "
                                    "measured_branch_reward); the manifest records every value used.")
     p.add_argument("--from", dest="from_checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, help="new checkpoint directory (curves in OUT.rl.png)")
@@ -64,7 +75,7 @@ def register(sub, bench_sub) -> None:
     p = sub.add_parser("gate", help="should CANDIDATE replace CURRENT? closed-loop DS (+ replay accuracy)")
     p.add_argument("current")
     p.add_argument("candidate")
-    _add_eval_arguments(p)
+    add_eval_arguments(p)
     p.add_argument("--replay", nargs="+", default=(), metavar="BAG",
                    help="replay set (bags, segment folders, folders of drives) the current model did not drive: "
                         "also require no planning-accuracy regression on it")
@@ -84,65 +95,8 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--precision", default="fp16", help="TensorRT engine precision (when TensorRT is here)")
     p.set_defaults(func=promote_command)
 
-    b = bench_sub.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95%% CI")
-    b.add_argument("--sft", required=True, metavar="CKPT")
-    b.add_argument("--rl", required=True, metavar="CKPT")
-    b.add_argument("--json-out", default="", help="also write the comparison, every episode pair included, here")
-    _add_eval_arguments(b)
-    b.set_defaults(func=rl_gain_command)
-
-    b = bench_sub.add_parser("open-loop", help="AlphaDrive's open-loop table (planning accuracy, F1 per class) "
-                                               "of checkpoints on the same held-out replay set")
-    b.add_argument("checkpoints", nargs="+", metavar="CKPT", help="e.g. the SFT and the SFT+GRPO checkpoint")
-    b.add_argument("--bags", nargs="+", default=[], help="replay set (default: record the expert on held-out seeds)")
-    b.add_argument("--episodes", type=int, default=2, help="expert drives per scenario to record")
-    b.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
-    b.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
-    b.add_argument("--seconds", type=float, default=20.0, help="length of each recorded drive")
-    b.add_argument("--out", default="", help="keep the recorded bags here (default: a temporary folder)")
-    b.add_argument("--backend", default="torch")
-    b.set_defaults(func=open_loop_command)
-
-
-def _add_eval_arguments(p) -> None:
-    p.add_argument("--episodes", type=int, default=5, help="held-out episodes per scenario")
-    p.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
-    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
-    p.add_argument("--duration", type=float, default=None, help="episode length in s (default: the scenario's)")
-    p.add_argument("--backend", default="torch")
-    add_threads_argument(p)
-    add_workers_argument(p)
-
-
-def _heldout_seeds(args) -> list[int]:
-    from ..sim.closed_loop import HELDOUT_SEEDS
-
-    if args.episodes < 1 or args.seed_offset < 0:
-        raise SystemExit("--episodes must be at least 1 and --seed-offset at least 0")
-    return list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
-
-
-def _checkpoint(path: str) -> str:
-    if not (Path(path) / "manifest.json").is_file():
-        raise SystemExit(f"{path} is not a checkpoint directory (no manifest.json)")
-    return path
-
-
-def _clean(value):
-    """JSON-safe: nan/inf -> None, floats rounded."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float):
-        return round(value, 4) if math.isfinite(value) else None
-    return value
-
 
 def refresh_command(args) -> int:
-    from ..rl.parallel import DataParallel
-    from ..rl.refresh import RefreshConfig, refresh
-
     cfg = RefreshConfig()
     override_from_args(cfg, args, {n: n for n in ("sft_steps", "grpo_steps", "batch_size", "takeover_penalty", "truth")})
     override_from_args(cfg.grpo, args, {n: n for n in ("group_size", "lr", "beta_kl", "seed")})
@@ -150,15 +104,13 @@ def refresh_command(args) -> int:
     if missing:
         raise SystemExit(f"experience not found: {missing}")
     parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
-    report = refresh(args.experience, _checkpoint(args.from_checkpoint), args.out, cfg, parallel=parallel)
+    report = refresh(args.experience, checkpoint_dir(args.from_checkpoint), args.out, cfg, parallel=parallel)
     if parallel.is_main:
-        print(json.dumps({"bench": "refresh", **_clean(report)}))
+        print(json.dumps({"bench": "refresh", **json_safe(report)}))
     return 0
 
 
 def train_rl_command(args) -> int:
-    from ..rl.online import TrainRLConfig, train_rl
-
     cfg = TrainRLConfig(executor=args.executor, ray_address=args.ray_address)
     override_from_args(cfg, args, {"iterations": "iterations", "workers": "workers", "group": "group_size",
                                    "episodes_per_iteration": "episodes_per_iteration", "episode_seconds": "episode_s",
@@ -168,25 +120,23 @@ def train_rl_command(args) -> int:
                                           "blocked_penalty": "blocked_penalty"})
     override_from_args(cfg.grpo, args, {"lr": "lr"})
     if args.scenarios:
-        cfg.scenarios = tuple(_scenarios(args.scenarios))
+        cfg.scenarios = tuple(scenario_list(args.scenarios))
     cfg.reward.sparse = args.sparse_reward
     try:
         cfg.validate()
-        report = train_rl(_checkpoint(args.from_checkpoint), args.out, cfg)
+        report = train_rl(checkpoint_dir(args.from_checkpoint), args.out, cfg)
     except (ValueError, RuntimeError) as e:
         print(f"train-rl: {e}")
         return 2
     report.pop("iterations_detail")
-    print(json.dumps({"bench": "train_rl", **_clean(report)}))
+    print(json.dumps({"bench": "train_rl", **json_safe(report)}))
     return 0
 
 
 def gate_command(args) -> int:
-    from ..rl.gate import format_comparison, gate
-
     try:
-        decision = gate(_checkpoint(args.current), _checkpoint(args.candidate), args.replay,
-                        _scenarios(args.scenarios), seeds=_heldout_seeds(args), tolerance=args.tolerance,
+        decision = gate(checkpoint_dir(args.current), checkpoint_dir(args.candidate), args.replay,
+                        scenario_list(args.scenarios), seeds=heldout_seeds(args), tolerance=args.tolerance,
                         accuracy_tolerance=args.accuracy_tolerance, backend=args.backend, duration_s=args.duration,
                         workers=args.workers, threads=policy_threads(args), replay_truth=args.truth)
     except (FileNotFoundError, LookupError, ValueError) as e:  # a replay set that cannot be replayed: before driving
@@ -197,15 +147,12 @@ def gate_command(args) -> int:
         print(f"- {reason}")
     print("PROMOTE" if decision.promote else "REFUSE")
     if args.report:
-        Path(args.report).write_text(json.dumps(_clean(decision.to_dict()), indent=2))
+        Path(args.report).write_text(json.dumps(json_safe(decision.to_dict()), indent=2))
     return 0 if decision.promote else 1
 
 
 def promote_command(args) -> int:
-    from ..model.checkpoint import read_manifest
-    from ..rl.gate import promote
-
-    candidate = _checkpoint(args.candidate)
+    candidate = checkpoint_dir(args.candidate)
     report = None
     if args.gate_report:
         report = json.loads(Path(args.gate_report).read_text())
@@ -220,51 +167,4 @@ def promote_command(args) -> int:
     engine = record["engine"]
     print(f"promoted {record['model_version']} (previous {record['previous']}) -> {record['path']}; "
           f"engines: {'built' if engine['built'] else engine.get('skipped') or engine.get('error')}")
-    return 0
-
-
-def rl_gain_command(args) -> int:
-    from ..bench import emit
-    from ..rl.gate import compare_policies, format_comparison
-
-    comparison = compare_policies(_checkpoint(args.sft), _checkpoint(args.rl), _scenarios(args.scenarios),
-                                  seeds=_heldout_seeds(args), backend=args.backend, duration_s=args.duration,
-                                  workers=args.workers, threads=policy_threads(args))
-    print(format_comparison(comparison, ("SFT", "SFT+RL")))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(_clean(comparison), indent=1))
-    o = comparison["overall"]
-    emit({"bench": "rl_gain", "sft_driving_score": o["baseline"]["driving_score"],
-          "rl_driving_score": o["candidate"]["driving_score"], "sft_success_rate": o["baseline"]["success_rate"],
-          "rl_success_rate": o["candidate"]["success_rate"], "ds_diff": o["ds_diff"],
-          "ds_diff_ci95": None if math.isnan(o["ds_diff_ci95"]) else o["ds_diff_ci95"],
-          "episodes": o["baseline"]["episodes"]})
-    return 0
-
-
-def open_loop_command(args) -> int:
-    from ..bench import emit
-    from ..experience.reader import find_bags
-    from ..rl.gate import format_open_loop, open_loop_metrics
-    from .replay import record_sim
-
-    names = [Path(c).resolve().name for c in args.checkpoints]
-    if len(set(names)) != len(names):
-        names = [f"{i}:{n}" for i, n in enumerate(names)]
-    checkpoints = dict(zip(names, (_checkpoint(c) for c in args.checkpoints), strict=True))
-    try:  # folders expand to their bags, so "bags" below counts bags, not arguments
-        bags = find_bags(args.bags)
-    except FileNotFoundError as e:
-        print(f"open-loop: {e}")
-        return 2
-    if not bags:
-        seeds = _heldout_seeds(args)
-        out = Path(args.out or tempfile.mkdtemp(prefix="open_loop_"))
-        for scenario in _scenarios(args.scenarios):
-            for seed in seeds:
-                bags.append(record_sim(out / f"{scenario}_{seed}", scenario, args.seconds, "expert", seed))
-    table = open_loop_metrics(checkpoints, bags, args.backend, progress=True)
-    print(format_open_loop(table))
-    emit({"bench": "open_loop", "bags": len(bags), "samples": next(iter(table.values()))["n"],
-          "policies": _clean({n: {k: v for k, v in m.items() if k != "n"} for n, m in table.items()})})
     return 0

@@ -3,29 +3,29 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
+from pathlib import Path
 
-DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
+from ..bench import rl_gain
+from ..core.metrics import EpisodeResult, format_table, summarize
+from ..runtime.loading import load_policy
+from ..sim.closed_loop import TRAIN_SEEDS, evaluate, run_episode
+from ..sim.dataset import record_expert_dataset
+from ..sim.expert import ExpertPolicy
+from ..sim.render import save_episode_gif
+from .common import (
+    DEFAULT_SCENARIOS,
+    add_threads_argument,
+    add_workers_argument,
+    checkpoint_dir,
+    heldout_seeds,
+    policy_threads,
+    scenario_list,
+)
 
 
-def register(sub, bench_sub) -> None:
-    for parser in (sub.add_parser("eval", help="closed-loop driving score of a policy vs the expert"),
-                   bench_sub.add_parser("closed_loop", help="same as `vla-driver eval`")):
-        parser.add_argument("--policy", default="expert", help="'expert' or a checkpoint directory")
-        parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
-        parser.add_argument("--episodes", type=int, default=5, help="episodes per scenario (held-out seeds)")
-        parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
-        parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
-        parser.add_argument("--json-out", default="",
-                            help="also write every episode result (with --compare: the comparison, every episode "
-                                 "pair included) to this JSON file")
-        parser.add_argument("--expert-json", default="",
-                            help="reuse the expert's results on the same seeds (an earlier `eval --policy expert "
-                                 "--json-out`) instead of driving the expert again")
-        parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
-                            help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
-        _add_runtime_arguments(parser, default_backend="torch")
-        add_workers_argument(parser)
-        parser.set_defaults(func=evaluate_command)
+def register(sub) -> None:
+    add_eval_command(sub.add_parser("eval", help="closed-loop driving score of a policy vs the expert"))
 
     p = sub.add_parser("record-expert", help="record expert driving into an SFT dataset (npz shards)")
     p.add_argument("--out", required=True)
@@ -47,58 +47,34 @@ def _add_runtime_arguments(parser, default_backend: str) -> None:
     add_threads_argument(parser)
 
 
-def add_threads_argument(parser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads per policy (default: the cores shared out among the --workers; "
-                             "more threads than cores make OpenMP teams wait on each other)")
-
-
-def policy_threads(args) -> int:
-    """``--threads``, or the cores shared out among the worker processes: 2 workers with 2 threads each on 2
-    cores ran closed-loop episodes ~18x slower (55 s instead of ~3 s each)."""
-    from ..runtime.policy import inference_threads
-
-    return args.threads if args.threads is not None else inference_threads(max(1, getattr(args, "workers", 0)))
-
-
-def add_workers_argument(parser) -> None:
-    parser.add_argument("--workers", type=int, default=0,
-                        help="episodes in this many processes, each with its own policy (0 = in this process); "
-                             "the results do not depend on it")
-
-
-def override_from_args(config, args, fields: dict[str, str]) -> None:
-    """Set ``config.<field>`` from ``args.<arg>`` for each given (not None) option; the rest keep the
-    dataclass defaults."""
-    for arg, name in fields.items():
-        if getattr(args, arg) is not None:
-            setattr(config, name, getattr(args, arg))
-
-
-def _scenarios(text: str) -> list[str]:
-    from ..sim.highway import SCENARIOS
-
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SCENARIOS]
-    if unknown or not names:
-        raise SystemExit(f"unknown or no scenarios {unknown or text!r}; choose from {sorted(SCENARIOS)}")
-    return names
+def add_eval_command(parser) -> None:
+    """``eval``'s options (also ``bench closed_loop``)."""
+    parser.add_argument("--policy", default="default",
+                        help="'default' (the embedded checkpoint), a checkpoint directory, or 'expert'")
+    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    parser.add_argument("--episodes", type=int, default=5, help="episodes per scenario (held-out seeds)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="start this far into the held-out seeds")
+    parser.add_argument("--gif", default="", help="write the first episode as an annotated GIF here")
+    parser.add_argument("--json-out", default="",
+                        help="also write every episode result (with --compare: the comparison, every episode "
+                             "pair included) to this JSON file")
+    parser.add_argument("--expert-json", default="",
+                        help="reuse the expert's results on the same seeds (an earlier `eval --policy expert "
+                             "--json-out`) instead of driving the expert again")
+    parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
+                        help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
+    _add_runtime_arguments(parser, default_backend="torch")
+    add_workers_argument(parser)
+    parser.set_defaults(func=evaluate_command)
 
 
 def _policy_factory(spec: str, backend: str = "torch", threads: int = 2):
     """A picklable policy constructor (worker processes build their own policy with it)."""
     if spec == "expert":
-        from ..sim.expert import ExpertPolicy
-
         return ExpertPolicy
-    from functools import partial
-    from pathlib import Path
-
-    from ..runtime.policy import load_policy
-
-    if not Path(spec).is_dir():
-        raise SystemExit(f"--policy must be 'expert' or a checkpoint directory; {spec!r} is neither")
-    return partial(load_policy, spec, backend, threads=threads)
+    if spec != "default" and not Path(spec).is_dir():
+        raise SystemExit(f"--policy must be 'default', 'expert' or a checkpoint directory; {spec!r} is none of them")
+    return partial(load_policy, "" if spec == "default" else spec, backend, threads=threads)
 
 
 def _number(x: float) -> float | None:
@@ -106,23 +82,16 @@ def _number(x: float) -> float | None:
 
 
 def evaluate_command(args) -> int:
-    from ..core.metrics import format_table, summarize
-    from ..sim.closed_loop import HELDOUT_SEEDS, evaluate, run_episode
-
     if args.compare:
-        from .rl import rl_gain_command
-
-        if args.gif or args.expert_json or args.policy != "expert":
+        if args.gif or args.expert_json or args.policy != "default":
             raise SystemExit("--policy, --gif and --expert-json go without --compare, which drives only its two "
                              "checkpoints")
-        args.sft, args.rl = args.compare
-        args.duration = None
-        return rl_gain_command(args)
+        sft, rl = (checkpoint_dir(c) for c in args.compare)
+        rl_gain.run(sft, rl, scenario_list(args.scenarios), heldout_seeds(args), args.backend, None, args.workers,
+                    policy_threads(args), args.json_out)
+        return 0
 
-    scenarios = _scenarios(args.scenarios)
-    if args.episodes < 1:
-        raise SystemExit("--episodes must be at least 1")
-    seeds = list(HELDOUT_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
+    scenarios, seeds = scenario_list(args.scenarios), heldout_seeds(args)
     factory = _policy_factory(args.policy, args.backend, policy_threads(args))
     results = evaluate(factory, scenarios, seeds, workers=args.workers)
     summary = summarize(results)
@@ -135,8 +104,6 @@ def evaluate_command(args) -> int:
         print("expert on the same seeds:")
         print(format_table(expert_summary))
     if args.gif:
-        from ..sim.render import save_episode_gif
-
         _, frames = run_episode(factory(), scenarios[0], seeds[0], record_frames=True)
         print(f"gif: {save_episode_gif(frames, args.gif, every=2)}")
     if args.json_out:
@@ -152,10 +119,6 @@ def evaluate_command(args) -> int:
 
 def _expert_results(path: str, scenarios: list[str], seeds: list[int], workers: int = 0) -> list:
     """The expert on exactly these (scenario, seed) episodes: from ``path`` when given, else driven now."""
-    from ..core.metrics import EpisodeResult
-    from ..sim.closed_loop import evaluate
-    from ..sim.expert import ExpertPolicy
-
     if not path:
         return evaluate(ExpertPolicy, scenarios, seeds, workers=workers)
     with open(path) as f:
@@ -167,15 +130,10 @@ def _expert_results(path: str, scenarios: list[str], seeds: list[int], workers: 
 
 
 def record_command(args) -> int:
-    from ..sim.closed_loop import TRAIN_SEEDS
-    from ..sim.dataset import record_expert_dataset
-
-    scenarios = _scenarios(args.scenarios)
+    scenarios = scenario_list(args.scenarios)
     seeds = list(TRAIN_SEEDS[args.seed_offset:args.seed_offset + args.episodes])
     driver = None
     if args.driver:
-        from ..runtime.policy import load_policy
-
         driver = load_policy(args.driver, backend=args.backend, threads=policy_threads(args))
     meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb,
                                  driver=driver, expert_share=args.expert_share)

@@ -4,8 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..rl.parallel import DataParallel
+from ..rl.sft import SFTConfig
+from ..rl.sft import train_sft as run
+from ..runtime.export import export_checkpoint
+from ..runtime.loading import resolve_checkpoint
+from ..sim.closed_loop import TRAIN_SEEDS
+from ..sim.dataset import record_expert_dataset
+from ..sim.scenarios import SCENARIOS
+from .common import override_from_args
 
-def register(sub, bench_sub) -> None:
+
+def register(sub) -> None:
     p = sub.add_parser("train-sft", help="record expert driving in the simulator and train the policy by imitation")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--data", nargs="+", default=["runs/sft_data"],
@@ -36,14 +46,6 @@ def register(sub, bench_sub) -> None:
 
 
 def train_sft(args) -> int:
-    from ..rl.parallel import DataParallel
-    from ..rl.sft import SFTConfig
-    from ..rl.sft import train_sft as run
-    from ..sim.closed_loop import TRAIN_SEEDS
-    from ..sim.dataset import record_expert_dataset
-    from ..sim.highway import SCENARIOS
-    from .sim import override_from_args
-
     cfg = SFTConfig(seed=args.seed, train_base=args.train_base)
     override_from_args(cfg, args, {n: n for n in ("action_steps", "decision_steps", "decision_weight", "batch_size",
                                                   "threads")})
@@ -63,9 +65,6 @@ def train_sft(args) -> int:
 
 
 def export(args) -> int:
-    from ..runtime.export import export_checkpoint
-    from ..runtime.policy import resolve_checkpoint
-
     ckpt = resolve_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else ckpt / "onnx"
     for spec in export_checkpoint(ckpt, out, args.max_batch, args.max_seq):

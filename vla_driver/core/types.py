@@ -9,6 +9,10 @@ import numpy as np
 from .trajectory import Trajectory
 from .vocabulary import Decision, DecisionVocabulary
 
+# (height, width) of the embedded simulator's camera image: the one place this size is written down; the
+# model's input size (model.config.VisionConfig) and every simulator camera default read it from here.
+CAMERA_SIZE = (128, 256)
+
 
 @dataclass
 class Observation:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 ALPHADRIVE_SPEEDS = ("KEEP", "ACCELERATE", "DECELERATE", "STOP")
 ALPHADRIVE_PATHS = ("STRAIGHT", "LEFT_TURN", "RIGHT_TURN", "LEFT_CHANGE", "RIGHT_CHANGE")
 MINDDRIVE_SPEEDS = (
@@ -210,7 +212,5 @@ def parse_answer(text: str, vocab: DecisionVocabulary) -> Decision:
 def greedy_candidate(probs, tolerance: float = TIE_TOLERANCE) -> int:
     """Flat index of the most probable candidate. Near-ties go to the first in vocabulary order, so two
     backends whose probabilities differ only by float rounding pick the same decision."""
-    import numpy as np
-
     flat = np.asarray(probs, dtype=np.float64).ravel()
     return int(np.flatnonzero(flat >= flat.max() - tolerance)[0])

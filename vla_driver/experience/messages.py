@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image as PILImage
 from rosbags.typesys import Stores, get_typestore
 
 from ..core.trajectory import Trajectory
@@ -86,8 +87,6 @@ def image_message(rgb: np.ndarray, t_ns: int, frame_id: str = "camera", encoding
 
 def compressed_image_message(rgb: np.ndarray, t_ns: int, fmt: str = "jpeg", frame_id: str = "camera") -> bytes:
     """sensor_msgs/CompressedImage (jpeg or png) from an (H, W, 3) uint8 RGB array."""
-    from PIL import Image as PILImage
-
     buf = io.BytesIO()
     PILImage.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format=fmt.upper())
     data = np.frombuffer(buf.getvalue(), dtype=np.uint8)
@@ -99,7 +98,6 @@ def decode_image(msg) -> np.ndarray:
     raw = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
     if hasattr(msg, "encoding"):
         return _decode_raw_image(msg, raw)
-    from PIL import Image as PILImage
 
     try:
         with PILImage.open(io.BytesIO(raw.tobytes())) as img:

@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from ..core.vocabulary import DecisionVocabulary
+from .checkpoint import save_checkpoint
 from .config import VLAConfig
 from .tokenizer import add_policy_tokens, default_corpus, load_tokenizer, train_tokenizer
 from .vla import ACTION, DECISION, VLAModel
@@ -66,7 +67,14 @@ def build_model(cfg: VLAConfig | None = None, seed: int = 0, random_adapters: bo
 
 def build_random_checkpoint(out_dir: str | Path, seed: int = 0, cfg: VLAConfig | None = None) -> Path:
     """An untrained tiny checkpoint (for tests and smoke runs); the two adapters differ."""
-    from .checkpoint import save_checkpoint
-
     model = build_model(cfg, seed=seed, random_adapters=True)
     return save_checkpoint(model, out_dir, lineage={"kind": "random", "seed": seed})
+
+
+def copy_adapter(llm, src: str, dst: str) -> None:
+    """Copy adapter ``src``'s LoRA weights into adapter ``dst`` (e.g. the GRPO reference from the policy)."""
+    params = dict(llm.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            if f".{src}." in name and "lora_" in name:
+                params[name.replace(f".{src}.", f".{dst}.")].copy_(p)

@@ -20,12 +20,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import peft
 import torch
+import transformers
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
+from .. import __version__
 from ..core.hashing import sha256_file
 from ..core.vocabulary import DecisionVocabulary
 from .config import VLAConfig
+from .tokenizer import load_tokenizer
+from .vla import ACTION, DECISION, VLAModel
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -38,11 +45,6 @@ class CheckpointError(RuntimeError):
 
 
 def _versions() -> dict:
-    import peft
-    import transformers
-
-    from .. import __version__
-
     return {"vla_driver": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__}
 
@@ -161,12 +163,6 @@ def verify_checkpoint(ckpt_dir: str | Path) -> dict:
 
 def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
     """Verify, then rebuild the model from its own files (no hub access, no pickle)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from .tokenizer import load_tokenizer
-    from .vla import ACTION, DECISION, VLAModel
-
     ckpt_dir = Path(ckpt_dir)
     manifest = verify_checkpoint(ckpt_dir)
     cfg = VLAConfig.from_dict(manifest["config"])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..core.types import CAMERA_SIZE
+
 
 @dataclass
 class TinyLLMConfig:
@@ -31,8 +33,8 @@ class LoRAConfig:
 class VisionConfig:
     """Small CNN trained from scratch; ``pretrained_dir`` plugs in a local Hugging Face vision model instead."""
 
-    image_height: int = 128  # the simulator camera's size: lane offsets of 0.5 m are ~1.5 px here
-    image_width: int = 256
+    image_height: int = CAMERA_SIZE[0]  # the simulator camera's size: lane offsets of 0.5 m are ~1.5 px here
+    image_width: int = CAMERA_SIZE[1]
     channels: tuple[int, ...] = (16, 32, 48, 64, 96)
     token_grid: tuple[int, int] = (2, 8)  # visual tokens = rows x cols
     pretrained_dir: str = ""

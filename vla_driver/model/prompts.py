@@ -1,11 +1,15 @@
-"""Prompt layout shared by training, every backend and the exported graphs."""
+"""Prompt layout shared by training, every backend and the exported graphs, with the placeholder tokens
+it is made of (the tokenizer adds them; the model finds its image, ego and query slots by them)."""
 from __future__ import annotations
 
 import itertools
 
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_CLOSE, ANSWER_OPEN, ANSWER_SEPARATOR, THINK_CLOSE, THINK_OPEN, Decision
-from .tokenizer import EGO_TOKEN, IMAGE_TOKEN, QUERY_TOKEN
+
+IMAGE_TOKEN = "<image>"
+EGO_TOKEN = "<ego>"
+QUERY_TOKEN = "<traj_query>"
 
 
 def prompt_text(obs: Observation, num_image_tokens: int) -> str:

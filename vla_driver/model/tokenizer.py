@@ -14,14 +14,12 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..core.vocabulary import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, DecisionVocabulary
+from .prompts import EGO_TOKEN, IMAGE_TOKEN, QUERY_TOKEN, corpus_sentences
 
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 EOS = "<|endoftext|>"
-IMAGE_TOKEN = "<image>"
-EGO_TOKEN = "<ego>"
-QUERY_TOKEN = "<traj_query>"
 CONTROL_TOKENS = (IMAGE_TOKEN, EGO_TOKEN, QUERY_TOKEN)
 TAG_TOKENS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
@@ -59,6 +57,4 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def default_corpus() -> list[str]:
     """Text the tiny model must tokenize well: prompts, navigation instructions, numbers, reasoning."""
-    from ..model.prompts import corpus_sentences
-
     return corpus_sentences()

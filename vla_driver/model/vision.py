@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoModel
 
 from .config import VisionConfig
 
@@ -49,8 +50,6 @@ class PretrainedVisionEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
-        from transformers import AutoModel
-
         model = AutoModel.from_pretrained(cfg.pretrained_dir, local_files_only=True)
         self.tower = getattr(model, "vision_model", model)
         hidden = self.tower.config.hidden_size

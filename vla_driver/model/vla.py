@@ -13,6 +13,8 @@ real length of each row.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -20,7 +22,7 @@ from torch.nn import functional as F
 from ..core.trajectory import TrajectorySpec
 from ..core.vocabulary import DecisionVocabulary
 from .config import VLAConfig
-from .tokenizer import EGO_TOKEN, IMAGE_TOKEN, QUERY_TOKEN
+from .prompts import EGO_TOKEN, IMAGE_TOKEN, QUERY_TOKEN
 from .vision import build_vision_encoder, preprocess_images
 
 DECISION, ACTION = "decision", "action"
@@ -166,8 +168,6 @@ class VLAModel(nn.Module):
 
     def merged_copy(self, adapter: str) -> VLAModel:
         """A deep copy with ``adapter`` merged into the base: a plain Qwen2, what gets exported."""
-        import copy
-
         clone = copy.deepcopy(self)
         clone.llm.set_adapter(adapter)
         clone.llm = clone.llm.merge_and_unload(adapter_names=[adapter])

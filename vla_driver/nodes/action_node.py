@@ -22,15 +22,14 @@ from vla_driver.core.trajectory import KinematicLimits, Trajectory, stop_traject
 from vla_driver.core.vocabulary import Decision
 
 from .convert import ObservationAssembler, decision_from_string, trajectory_to_markers, trajectory_to_path
-from .decision_node import HotSwap, blank_observation, load_policy
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
+from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
 from .params import declare_params, param, require_positive
+from .spin import spin_standalone
 
 
 @dataclass
-class ActionParams:
-    checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
-    backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
+class ActionParams(ModelParams):
     rate_hz: float = param(10.0, "planning rate (Hz); with plan_on_image the timer only watches inputs")
     plan_on_image: bool = param(False, "plan once per new image (simulator lockstep) instead of on the timer")
     decision_timeout_s: float = param(2.0, "older decisions are ignored: default (keep, straight) + WARN")
@@ -187,6 +186,4 @@ class ActionNode(HotSwap, Node):
 
 
 def main(args=None) -> None:
-    from .compose import spin_standalone
-
     spin_standalone(ActionNode, args)

@@ -22,6 +22,7 @@ from vla_driver.core.trajectory import Trajectory
 from .convert import EgoState, odometry_to_state, path_to_trajectory
 from .diagnostics import ERROR, OK, NodeDiagnostics
 from .params import declare_params, param, require_positive
+from .spin import spin_standalone
 
 
 @dataclass
@@ -134,6 +135,4 @@ class ControllerNode(Node):
 
 
 def main(args=None) -> None:
-    from .compose import spin_standalone
-
     spin_standalone(ControllerNode, args)

@@ -44,6 +44,7 @@ from vla_driver.experience.segments import SegmentWriter
 
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
+from .spin import spin_standalone
 
 _SCHEMA = TopicMap()
 # role -> (rclpy message class, rosbag2 type name, recorded topic name)
@@ -185,8 +186,6 @@ class LoggerNode(Node):
 
 
 def main(args=None) -> None:
-    from .compose import spin_standalone
-
     spin_standalone(LoggerNode, args)
 
 

@@ -25,21 +25,27 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from vla_driver.core.metrics import EpisodeResult
+from vla_driver.core.types import CAMERA_SIZE
+from vla_driver.sim.highway import DrivingSim
+from vla_driver.sim.scenarios import SCENARIOS
+
 from .convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
+from .spin import spin_standalone
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass
 class SimBridgeParams:
-    scenario: str = param("highway", "simulator scenario (vla_driver.sim.highway.SCENARIOS)")
+    scenario: str = param("highway", "simulator scenario (vla_driver.sim.scenarios.SCENARIOS)")
     seed: int = param(0, "episode seed")
     duration_s: float = param(0.0, "episode length in sim seconds; 0 = the scenario's default")
     control_hz: float = param(10.0, "simulator steps per sim second (one command per step)")
-    image_width: int = param(256, "camera image width (pixels)")
-    image_height: int = param(128, "camera image height (pixels)")
+    image_width: int = param(CAMERA_SIZE[1], "camera image width (pixels)")
+    image_height: int = param(CAMERA_SIZE[0], "camera image height (pixels)")
     step_timeout_s: float = param(1.0, "wall seconds to wait for a cycle's cmd_vel before a missed cycle; 0 = forever")
 
     def __post_init__(self):
@@ -56,8 +62,6 @@ class SimBridgeNode(Node):
     def __init__(self, on_done: Callable | None = None, on_cycle: Callable[[int], None] | None = None,
                  record_frames: bool = False, **node_kwargs):
         super().__init__("sim_bridge_node", **node_kwargs)
-        from vla_driver.sim.highway import SCENARIOS, DrivingSim
-
         p = self.params = declare_params(self, SimBridgeParams)
         if p.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {p.scenario!r}; choose from {sorted(SCENARIOS)}")
@@ -181,8 +185,6 @@ class SimBridgeNode(Node):
         try:
             self.result = self.sim.result()
         except Exception as e:  # noqa: BLE001 - a broken simulator still yields a (failed) result
-            from vla_driver.core.metrics import EpisodeResult
-
             self.result = EpisodeResult(self.params.scenario, self.params.seed, 0.0)
             error = error or f"result failed: {e}"
         self.result.extras.update(self.summary())
@@ -199,6 +201,4 @@ class SimBridgeNode(Node):
 
 
 def main(args=None) -> None:
-    from .compose import spin_standalone
-
     spin_standalone(SimBridgeNode, args)

@@ -30,11 +30,20 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..core.metrics import EpisodeResult, mean_ci95
+from ..experience.reader import find_bags, timelines
+from ..harness.replay import replay_bag
+from ..harness.replay_input import open_bag_input
+from ..model.checkpoint import read_manifest, sha256_file, verify_checkpoint
+from ..runtime.loading import ensure_exported, load_policy
+from ..runtime.tensorrt_builder import build_engine
+from ..runtime.tensorrt_env import tensorrt_available
+from ..sim.closed_loop import HELDOUT_SEEDS, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +66,6 @@ class GateDecision:
 def run_policy(checkpoint, scenarios, seeds, backend: str = "torch", duration_s: float | None = None,
                progress: bool = True, workers: int = 0, threads: int = 2) -> list[EpisodeResult]:
     """Closed-loop episodes of one checkpoint (``closed_loop.evaluate``), optionally shorter for quick checks."""
-    from functools import partial
-
-    from ..model.checkpoint import read_manifest
-    from ..runtime.policy import load_policy
-    from ..sim.closed_loop import evaluate
-
     factory = partial(load_policy, str(checkpoint), backend, threads=threads)
     return evaluate(factory, scenarios, seeds, progress=progress, workers=workers, duration_s=duration_s,
                     desc=f"closed-loop {read_manifest(checkpoint)['model_version']}")
@@ -90,9 +93,6 @@ def compare_policies(baseline_ckpt, candidate_ckpt, scenarios=DEFAULT_SCENARIOS,
     Returns {"baseline", "candidate" (model versions), "per_scenario": {name: stats}, "overall": stats,
     "pairs": [...]}; stats = baseline/candidate DS, SR (mean, 95 % CI half-width), paired DS/SR difference.
     """
-    from ..model.checkpoint import read_manifest
-    from ..sim.closed_loop import HELDOUT_SEEDS
-
     scenarios = list(scenarios)
     seeds = list(seeds) if seeds is not None else list(HELDOUT_SEEDS[:episodes])
     if not scenarios or not seeds:
@@ -135,20 +135,15 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
                     truth: str = "logged") -> dict:
     """Open-loop planning accuracy of ``checkpoint`` on one logged drive (a bag, or a route's segments).
 
-    Through ``experience.replay`` (lockstep through the real nodes) when that module is present; else
-    directly: the bag's samples, ``policy.decide`` on each, scored by ``core.metrics.planning_metrics``.
-    Labels as in ``experience.replay.evaluate_replay``: ``truth="logged"`` takes the bag's logged
-    decisions where it has them, ``"future"`` always the decision matching the logged motion.
+    Replayed in lockstep through the real nodes (``harness.replay``). Labels as in
+    ``harness.replay_scoring.evaluate_replay``: ``truth="logged"`` takes the bag's logged decisions where
+    it has them, ``"future"`` always the decision matching the logged motion.
     """
-    try:
-        from ..experience.replay import replay_bag
-    except ImportError:
-        return _direct_accuracy(checkpoint, bag, backend, progress, truth)
     out = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
     result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend, progress=progress,
                         truth=truth)
     return {"planning_accuracy": result.report.get("planning_accuracy"), "samples": result.report.get("samples"),
-            "via": "experience.replay", "report": str(out / "report.json")}
+            "via": "harness.replay", "report": str(out / "report.json")}
 
 
 def replay_drives(paths) -> list:
@@ -156,13 +151,7 @@ def replay_drives(paths) -> list:
     :func:`replay_accuracy` takes: the bag, or the list of one route's segments. A missing path, a folder
     without bags or a bag that cannot be replayed (no camera or odometry, ROS 1) raises here, before
     anything is driven."""
-    from ..experience.reader import find_bags, timelines
-
     drives = [drive[0] if len(drive) == 1 else drive for drive in timelines(find_bags(paths))]
-    try:
-        from ..experience.replay import open_bag_input
-    except ImportError:  # no rclpy: replay_accuracy reads the bags directly
-        return drives
     for drive in drives:
         open_bag_input(drive)
     return drives
@@ -181,62 +170,6 @@ def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=Non
     samples = sum(r["samples"] for r in scored)
     correct = sum(r["planning_accuracy"] * r["samples"] for r in scored)
     return {"planning_accuracy": correct / samples if samples else None, "samples": samples, "bags": per_drive}
-
-
-def _direct_accuracy(checkpoint, bag, backend: str, progress: bool, truth: str) -> dict:
-    bags = bag if isinstance(bag, list) else [bag]  # a route's segments, or one bag
-    metrics = open_loop_metrics({"policy": checkpoint}, bags, backend, progress, truth)["policy"]
-    return {"planning_accuracy": metrics.get("accuracy"), "samples": metrics["n"], "via": "reader + policy.decide"}
-
-
-def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress: bool = False,
-                      truth: str = "logged") -> dict:
-    """AlphaDrive's open-loop table: ``{name: planning_metrics}`` of each checkpoint on the same samples.
-
-    The bags are read once; a sample's truth is its logged decision when that is in the vocabulary (the
-    expert's, in ``record-sim`` bags) and ``truth="logged"``, else the decision matching the future ego
-    motion. Each policy then
-    decides on every sample without ROS (``policy.decide``), so the policies see identical inputs.
-    """
-    from ..core.labels import label_from_future
-    from ..core.metrics import planning_metrics
-    from ..core.vocabulary import Decision
-    from ..experience.reader import read_samples
-    from ..runtime.policy import load_policy
-
-    policies = {name: load_policy(path, backend) for name, path in checkpoints.items()}
-    first_name, first = next(iter(policies.items()))
-    vocab, spec = first.vocab, first.spec
-    samples = read_samples([str(b) for b in bags], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
-    truths = []
-    for s in samples:
-        d = s.decision
-        logged = truth == "logged" and d is not None and d.speed in vocab.speeds and d.path in vocab.paths
-        truths.append(Decision(d.speed, d.path) if logged else label_from_future(s.future_motion, s.speed, vocab, spec))
-    table = {}
-    for name, policy in policies.items():
-        if policy.vocab.words != vocab.words:
-            raise ValueError(f"{name} uses another decision vocabulary than {first_name}")
-        preds = [policy.decide(s.observation()).decision for s in samples]
-        table[name] = planning_metrics(preds, truths, vocab) if preds else {"n": 0}
-    return table
-
-
-def format_open_loop(table: dict) -> str:
-    """One row per policy: accuracy, speed / path accuracy and macro F1, then F1 per word."""
-    words = next((list(m["f1"]) for m in table.values() if m.get("n")), [])
-    width = max([10] + [len(n) + 2 for n in table])
-    head = f"{'policy':<{width}}{'n':>6}{'acc':>7}{'speed':>7}{'path':>7}{'sF1':>7}{'pF1':>7}" + "".join(
-        f"{w[:8]:>9}" for w in words)
-    lines = ["Open-loop planning (AlphaDrive metrics; F1 per class, - where a class is absent)", head]
-    for name, m in table.items():
-        if not m.get("n"):
-            lines.append(f"{name:<{width}}{0:>6}  no samples")
-            continue
-        f1 = "".join(f"{'-' if math.isnan(m['f1'][w]) else format(m['f1'][w], '.3f'):>9}" for w in words)
-        lines.append(f"{name:<{width}}{m['n']:>6}{m['accuracy']:>7.3f}{m['speed_accuracy']:>7.3f}{m['path_accuracy']:>7.3f}"
-                     f"{m['speed_macro_f1']:>7.3f}{m['path_macro_f1']:>7.3f}{f1}")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ gate
@@ -305,15 +238,9 @@ def _point_current(registry: Path, version: str) -> None:
 
 
 def _build_engines(checkpoint: Path, precision: str) -> dict:
-    from ..runtime.tensorrt_backend import tensorrt_available
-
     ok, why = tensorrt_available()
     if not ok:
         return {"built": False, "skipped": f"TensorRT engine build skipped: {why}"}
-    from ..model.checkpoint import sha256_file
-    from ..runtime.policy import ensure_exported
-    from ..runtime.tensorrt_backend import build_engine
-
     try:
         specs = ensure_exported(checkpoint, sha256_file(checkpoint / "manifest.json"))
         engines = checkpoint / "engines"
@@ -329,8 +256,6 @@ def _build_engines(checkpoint: Path, precision: str) -> dict:
 def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None = None,
             precision: str = "fp16") -> dict:
     """Install ``candidate`` as the registry's current model; returns the registry log record."""
-    from ..model.checkpoint import verify_checkpoint
-
     candidate = Path(candidate)
     manifest = verify_checkpoint(candidate)
     version = manifest["model_version"]

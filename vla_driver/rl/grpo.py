@@ -22,8 +22,9 @@ import torch
 
 from ..core.rewards import group_advantages
 from ..core.types import Observation
+from ..model.build import copy_adapter, lora_config
+from ..model.inputs import InputEncoder
 from .parallel import DataParallel
-from .sft import copy_adapter
 
 REFERENCE = "decision_ref"
 
@@ -47,9 +48,6 @@ class DecisionGRPO:
     process's own batch under ``accelerate launch``, gradients averaged: see rl/parallel.py)."""
 
     def __init__(self, model, cfg: GRPOConfig | None = None, parallel: DataParallel | None = None):
-        from ..model.build import lora_config
-        from ..model.inputs import InputEncoder
-
         self.model, self.cfg = model, cfg or GRPOConfig()
         self.parallel = parallel or DataParallel()
         self.device = self.parallel.device

@@ -12,6 +12,7 @@ the same loop with nothing averaged, on the GPU when there is one.
 from __future__ import annotations
 
 import torch
+from accelerate import Accelerator
 
 
 class DataParallel:
@@ -23,8 +24,6 @@ class DataParallel:
     @classmethod
     def from_environment(cls, cpu: bool = False) -> DataParallel:
         """Join the process group that ``accelerate launch`` / ``torchrun`` set up (or run alone)."""
-        from accelerate import Accelerator
-
         return cls(Accelerator(cpu=cpu))
 
     @property

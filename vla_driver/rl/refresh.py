@@ -22,9 +22,12 @@ from ..core.labels import label_from_future
 from ..core.rewards import PlanningRewardConfig, planning_rewards
 from ..core.types import Observation
 from ..core.vocabulary import Decision
+from ..experience.reader import read_samples
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from .curves import save_curves
 from .grpo import DecisionGRPO, GRPOConfig
 from .parallel import DataParallel
-from .sft import save_curves
+from .sft import SFTConfig, SFTTrainer
 
 
 @dataclass
@@ -55,8 +58,6 @@ def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: 
     """``truth="logged"`` takes the logged decision as truth, except under a takeover (the driver who
     was overruled is not the truth there) or where the bag holds no valid decision: those keep the
     label from the future motion."""
-    from ..experience.reader import read_samples
-
     if truth not in TRUTH_SOURCES:
         raise ValueError(f"truth must be one of {TRUTH_SOURCES}, got {truth!r}")
     samples = read_samples(paths, sample_period_s=sample_period_s, horizon_s=spec.horizon,
@@ -98,9 +99,6 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
             cfg: RefreshConfig | None = None, progress: bool = True, parallel: DataParallel | None = None) -> dict:
     """Train a new decision adapter from logged experience; writes a checkpoint with lineage + curves.
     Under ``accelerate launch`` every process draws its own batches; the main one saves."""
-    from ..model.checkpoint import load_checkpoint, save_checkpoint
-    from .sft import SFTConfig, SFTTrainer
-
     cfg = cfg or RefreshConfig()
     parallel = parallel or DataParallel()
     progress = progress and parallel.is_main

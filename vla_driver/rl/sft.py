@@ -23,6 +23,11 @@ from tqdm import tqdm
 
 from ..core.types import Observation
 from ..core.vocabulary import Decision
+from ..model.build import build_model, copy_adapter
+from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from ..model.inputs import InputEncoder
+from ..sim.shards import load_dataset
+from .curves import save_curves
 from .parallel import DataParallel
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ class SFTConfig:
     lr_modules: float = 1e-3  # vision encoder, ego projection, trajectory head
     lr_lora: float = 1e-3
     # A from-scratch base has no pretraining: phase 1 may train it too (never for fine-tunes or a pretrained
-    # LLM). Off by default: lower imitation losses, but a closed-loop run with it drove worse (see README).
+    # LLM). Off by default: lower imitation losses, but a closed-loop run with it drove worse (docs/design.md).
     train_base: bool = False
     lr_base: float = 5e-4
     weight_decay: float = 0.01
@@ -60,20 +65,10 @@ def decisions_from(data: dict, idx: np.ndarray) -> list[Decision]:
     return [Decision(str(data["speed"][i]), str(data["path"][i])) for i in idx]
 
 
-def copy_adapter(llm, src: str, dst: str) -> None:
-    params = dict(llm.named_parameters())
-    with torch.no_grad():
-        for name, p in params.items():
-            if f".{src}." in name and "lora_" in name:
-                params[name.replace(f".{src}.", f".{dst}.")].copy_(p)
-
-
 class SFTTrainer:
     """``parallel`` spreads the batches over the processes of ``accelerate launch`` (rl/parallel.py)."""
 
     def __init__(self, model, data: dict, cfg: SFTConfig | None = None, parallel: DataParallel | None = None):
-        from ..model.inputs import InputEncoder
-
         self.model, self.data, self.cfg = model, data, cfg or SFTConfig()
         self.parallel = parallel or DataParallel()
         self.device = self.parallel.device
@@ -194,25 +189,7 @@ class SFTTrainer:
         }
 
 
-def save_curves(history: dict[str, list[float]], path: str | Path, xlabel: str = "step") -> Path:
-    """One panel per curve, raw and smoothed (window 20), as a PNG."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(history), figsize=(4.4 * len(history), 3.5))
-    for ax, (key, values) in zip(np.atleast_1d(axes), history.items(), strict=True):
-        values = np.asarray(values)
-        ax.plot(values, alpha=0.3)
-        if len(values) >= 20:
-            ax.plot(np.convolve(values, np.ones(20) / 20, mode="valid"))
-        ax.set_title(key.replace("_", " "))
-        ax.set_xlabel(xlabel)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
 
 
 TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
@@ -220,8 +197,6 @@ TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
 
 def load_training_data(data_dirs) -> dict:
     """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses."""
-    from ..sim.dataset import load_dataset
-
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     parts = [load_dataset(d) for d in dirs]
     return {k: np.concatenate([p[k] for p in parts]) for k in TRAINING_KEYS}
@@ -232,9 +207,6 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
               parallel: DataParallel | None = None) -> dict:
     """Dataset dir(s) -> trained checkpoint (+ loss curves PNG, + training report in the manifest).
     Under ``accelerate launch`` every process trains on its own batches; the main one saves."""
-    from ..model.build import build_model
-    from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
-
     cfg = cfg or SFTConfig()
     data = load_training_data(data_dir)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)

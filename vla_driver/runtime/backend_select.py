@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .tensorrt_env import tensorrt_available
+
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
 REQUESTS = ("auto", *BACKENDS)
 
@@ -41,8 +43,6 @@ def resolve_backend(requested: str, engines_ok: bool, ort_ok: bool, *,
     asked for when None; ``details``: why engines are not ok (e.g. a CacheDecision summary), quoted in reasons.
     """
     if trt_available is None:
-        from .tensorrt_backend import tensorrt_available
-
         trt_available = tensorrt_available()
     trt_ok, trt_reason = trt_available if isinstance(trt_available, tuple) else (trt_available, "")
     usable = {"tensorrt": bool(trt_ok and engines_ok), "onnxruntime": bool(ort_ok), "torch": bool(torch_ok)}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .graph_spec import GraphSpec
 
@@ -30,8 +31,6 @@ def read_frame_file(path: str | Path) -> Frame:
     if path.suffix.lower() == ".npz":
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    from PIL import Image
-
     with Image.open(path) as img:
         return {"image": np.asarray(img.convert("RGB"))}
 

@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import DynamicCache
 
+from .. import __version__
+from ..core.types import CAMERA_SIZE, Observation
+from ..core.vocabulary import Decision
+from ..model.checkpoint import load_checkpoint, sha256_file
 from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
+from .policy import TorchPolicy
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -32,8 +38,6 @@ GRAPH_FORMAT = 3  # bump whenever the graphs' inputs, outputs or internals chang
 
 def exporter_id() -> str:
     """Who wrote a graph: graph format, package and torch versions. Graphs from another exporter are re-made."""
-    from .. import __version__
-
     return f"graphs-{GRAPH_FORMAT}/vla_driver-{__version__}/torch-{torch.__version__}"
 
 
@@ -64,8 +68,6 @@ class DecoderStep(nn.Module):
         self.llm, self.num_layers = llm, num_layers
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
         cache = DynamicCache()
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
@@ -87,11 +89,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def example_inputs(policy, batch: int = 1):
     """A real observation-shaped example from the model's own encoder (seq length well above 2)."""
-    from ..core.types import Observation
-    from ..core.vocabulary import Decision
-
     rng = np.random.default_rng(0)
-    obs = [Observation(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8), 8.0 + i, "Go straight for 100m")
+    obs = [Observation(rng.integers(0, 255, (*CAMERA_SIZE, 3), dtype=np.uint8), 8.0 + i, "Go straight for 100m")
            for i in range(batch)]
     enc = policy.encoder
     dec_ids, dec_len = enc.pad(enc.decision_rows(obs))
@@ -100,13 +99,13 @@ def example_inputs(policy, batch: int = 1):
 
 
 def _image_specs(max_batch: int, cfg) -> tuple[dict, dict]:
-    h, w = 128, 256
     inputs = {
         "images": TensorSpec("uint8", ("batch", "height", "width", 3), (0, 255)),
         "ego": TensorSpec("float32", ("batch", 3), (0, 20)),
     }
     profiles = {
-        "images": ((1, cfg.vision.image_height, cfg.vision.image_width, 3), (1, h, w, 3), (max_batch, 720, 1280, 3)),
+        "images": ((1, cfg.vision.image_height, cfg.vision.image_width, 3), (1, cfg.vision.image_height, cfg.vision.image_width, 3),
+                   (max_batch, 720, 1280, 3)),
         "ego": ((1, 3), (1, 3), (max_batch, 3)),
     }
     return inputs, profiles
@@ -115,9 +114,6 @@ def _image_specs(max_batch: int, cfg) -> tuple[dict, dict]:
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch: int = 8,
                       max_seq: int = 256) -> list[GraphSpec]:
     """Write the ONNX graphs + ``graphs.json`` (+ hashes) for a checkpoint. Returns the specs."""
-    from ..model.checkpoint import load_checkpoint, sha256_file
-    from .policy import TorchPolicy
-
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(checkpoint_dir)
@@ -160,8 +156,6 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
 
 
 def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_seq, img_inputs, img_profiles):
-    from ..model.checkpoint import sha256_file
-
     merged = model.merged_copy("decision")
     llm = merged.llm
     cfg = llm.config
@@ -216,105 +210,3 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
                            "decision"))
     np.save(out_dir / "token_embeddings.npy", llm.get_input_embeddings().weight.detach().numpy())
     return specs
-
-
-def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path | None = None, frames=None,
-                              generate_tokens: int = 16, threads: int = 2, progress: bool = False) -> dict:
-    """Parity of ONNX Runtime against torch on the same observations.
-
-    ``frames``: a list of Observations, a number of simulator frames to record with the expert driving, a
-    dataset directory (``record-expert`` shards), or None (16 synthetic frames). Reports decision agreement,
-    the largest probability and trajectory differences, and whether KV-cache decoding in ORT matches
-    ``generate`` token for token.
-    """
-    from tqdm import tqdm
-
-    from ..core.vocabulary import greedy_candidate
-    from ..model.checkpoint import load_checkpoint, sha256_file, verify_checkpoint
-    from .graph_spec import load_graph_specs
-    from .onnx_backend import OrtSession
-    from .policy import TorchPolicy, graph_policy
-
-    checkpoint_dir = Path(checkpoint_dir)
-    onnx_dir = Path(onnx_dir) if onnx_dir else checkpoint_dir / "onnx"
-    manifest = verify_checkpoint(checkpoint_dir)
-    specs = {s.name: s for s in load_graph_specs(onnx_dir / SPEC_FILE)}
-    stale = [n for n, s in specs.items() if s.checkpoint_sha256 != sha256_file(checkpoint_dir / "manifest.json")]
-    if stale:
-        raise ValueError(f"graphs {stale} in {onnx_dir} were exported from another checkpoint")
-    runners = {n: OrtSession(onnx_dir / s.onnx_file, s.onnx_sha256, threads) for n, s in specs.items()}
-    ort = graph_policy(runners, specs, onnx_dir, manifest, "onnxruntime", checkpoint_dir)
-    ref = TorchPolicy(load_checkpoint(checkpoint_dir))
-    frames = observations_for(frames)
-    agree, n, max_prob, max_traj, min_margin, flips = 0, 0, 0.0, 0.0, 1.0, []
-    for i, obs in enumerate(tqdm(frames, desc="parity", disable=not progress)):
-        a, b = ref.decision_table([obs])[0], ort.decision_table([obs])[0]
-        da, db = greedy_candidate(np.exp(a)), greedy_candidate(np.exp(b))  # as the policies decide
-        top2 = np.sort(np.exp(a).ravel())[-2:]
-        margin = float(top2[1] - top2[0])  # how close the frame was to a tie: flips can only happen near 0
-        min_margin = min(min_margin, margin)
-        if da != db:
-            flips.append({"frame": i, "top2_margin": margin})
-        agree += da == db
-        n += 1
-        max_prob = max(max_prob, float(np.abs(np.exp(a) - np.exp(b)).max()))
-        decision = ref.decide(obs).decision
-        ta = ref.trajectory_modes([obs], [decision])[0]
-        tb = ort.trajectory_modes([obs], [decision])[0]
-        max_traj = max(max_traj, float(np.abs(ta - tb).max()))
-    obs = frames[0]
-    prompt = ref.encoder.prompt_ids(obs) + ref.encoder.ids("<think>")
-    ids = torch.tensor([prompt])
-    with torch.inference_mode():
-        ref.model.select_adapter("decision")
-        embeds = ref.model.embed_prompt(ref.encoder.images([obs]), ref.encoder.ego([obs]), ids)
-        tok = ref.model.tokenizer
-        expected = ref.model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                          max_new_tokens=generate_tokens, min_new_tokens=generate_tokens,
-                                          do_sample=False, pad_token_id=tok.pad_token_id)[0].tolist()
-    got = ort.generate_ids(obs, prompt, generate_tokens, stop_ids=set())
-    report = {"frames": n, "decision_agreement": agree / max(n, 1), "max_prob_diff": max_prob,
-              "max_traj_diff_m": max_traj, "generate_token_identical": got == expected,
-              "generated_tokens": len(got), "min_top2_margin": min_margin, "disagreements": flips}
-    report["ok"] = bool(report["decision_agreement"] == 1.0 and max_traj <= 1e-3 and report["generate_token_identical"])
-    return report
-
-
-def example_observation(seed: int):
-    from ..core.types import Observation
-
-    rng = np.random.default_rng(seed)
-    return Observation(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8), float(rng.uniform(0, 25)),
-                       "Go straight for 100m")
-
-
-def observations_for(frames) -> list:
-    """Resolve the ``frames`` argument of :func:`verify_onnx_against_torch` into Observations."""
-    from ..core.types import Observation
-
-    if frames is None:
-        return [example_observation(i) for i in range(16)]
-    if isinstance(frames, int):
-        return simulator_observations(frames)
-    if isinstance(frames, (str, Path)):
-        from ..sim.dataset import load_dataset
-
-        data = load_dataset(frames)
-        return [Observation(data["image"][i], float(data["ego"][i, 0]), str(data["navigation"][i]),
-                            float(data["ego"][i, 1]), float(data["ego"][i, 2])) for i in range(len(data["image"]))]
-    return list(frames)
-
-
-def simulator_observations(count: int, scenarios=("highway", "merge", "roundabout", "intersection")) -> list:
-    """``count`` camera frames (+ ego state, navigation) from the expert driving held-out episodes."""
-    from ..core.types import Observation
-    from ..sim.closed_loop import HELDOUT_SEEDS, run_episode
-    from ..sim.expert import ExpertPolicy
-
-    out: list = []
-    seed = iter(HELDOUT_SEEDS)
-    while len(out) < count:
-        for scenario in scenarios:
-            _, recorded = run_episode(ExpertPolicy(), scenario, next(seed), record_frames=True)
-            out += [Observation(f["image"], float(f["speed"]), str(f["navigation"])) for f in recorded]
-    return out[:count]

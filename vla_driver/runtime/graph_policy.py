@@ -9,7 +9,8 @@ import numpy as np
 from ..core.trajectory import KinematicLimits, Trajectory
 from ..core.types import DecisionResult, Observation
 from ..core.vocabulary import Decision, DecisionVocabulary
-from .policy import make_result, reasoning_from_ids, select_mode
+from ..model.inputs import InputEncoder
+from .results import make_result, reasoning_from_ids, select_mode
 
 
 class GraphPolicy:
@@ -18,8 +19,6 @@ class GraphPolicy:
     def __init__(self, runners: dict, specs: dict, graph_dir: Path, tokenizer, vocab: DecisionVocabulary, spec, cfg,
                  model_version: str, backend_name: str, limits: KinematicLimits = KinematicLimits(),
                  max_reasoning_tokens: int = 48):
-        from ..model.inputs import InputEncoder
-
         self.specs = specs
         self.runners, self.vocab, self.spec, self.limits = runners, vocab, spec, limits
         self.backend_name, self.model_version = backend_name, model_version

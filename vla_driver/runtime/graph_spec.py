@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
 
 Shape = tuple[int, ...]
 Dim = int | str
@@ -221,9 +223,6 @@ def graph_spec_from_onnx(onnx_path: str | Path, name: str,
     ``fields`` passes checkpoint_sha256 / adapter through. ``onnx_file`` is stored as the file name, so the
     spec file is expected to sit beside the ONNX file.
     """
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     onnx_path = Path(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}

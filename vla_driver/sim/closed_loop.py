@@ -11,9 +11,13 @@ Seeds: ``TRAIN_SEEDS`` (0..9999) are for recording data and training; ``HELDOUT_
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
+from tqdm import tqdm
 
 from ..core.control import PurePursuitPID, reanchor
 from ..core.metrics import EpisodeResult
@@ -69,8 +73,6 @@ def run_episode(policy, scenario: str, seed: int, decision_hz: float = 2.0, plan
     steps = int(np.ceil(sim.duration_s / sim.dt))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=steps, desc=f"{scenario}/{seed}", leave=False)
     while not sim.done:
         now = sim.time
@@ -119,8 +121,6 @@ def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], see
     its own simulators. Episodes are independent and the simulator is deterministic, so the results are
     the same either way, in the same order. ``duration_s`` overrides the scenarios' episode length.
     """
-    from tqdm import tqdm
-
     pairs = [(scenario, int(seed)) for scenario in scenarios for seed in seeds]
     results: list[EpisodeResult | None] = [None] * len(pairs)
     with tqdm(total=len(pairs), desc=desc, disable=not progress) as bar:
@@ -137,9 +137,6 @@ def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], see
             finally:
                 runner.close()
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_init_worker, initargs=(policy_factory, duration_s, kwargs)) as pool:
                 futures = {pool.submit(_run_in_worker, *pair): i for i, pair in enumerate(pairs)}
@@ -169,8 +166,6 @@ _WORKER: _EpisodeRunner | None = None
 
 
 def _init_worker(policy_factory, duration_s, kwargs) -> None:
-    import os
-
     global _WORKER
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
     _WORKER = _EpisodeRunner(policy_factory, duration_s, kwargs)

@@ -24,12 +24,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..core.control import PurePursuitPID
 from ..core.trajectory import TrajectorySpec, future_poses_to_ego
+from ..core.types import CAMERA_SIZE
 from ..core.vocabulary import DecisionVocabulary
 from .expert import ExpertPolicy
 from .highway import DrivingSim
+from .shards import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -121,38 +124,13 @@ def _record_dagger_episode(sim: DrivingSim, expert: ExpertPolicy, driver, seed: 
     return samples
 
 
-def _write_shard(path: Path, samples: list[dict], vocab: DecisionVocabulary, seed: int, scenario: str) -> None:
-    def text(values):
-        width = max(1, max(len(v) for v in values))
-        return np.array(values, dtype=f"<U{width}")
-
-    np.savez_compressed(
-        path,
-        image=np.stack([s["image"] for s in samples]).astype(np.uint8),
-        ego=np.array([[s["speed"], s["accel"], s["yaw_rate"]] for s in samples], dtype=np.float32),
-        navigation=text([s["navigation"] for s in samples]),
-        speed=text([s["decision"].speed for s in samples]),
-        path=text([s["decision"].path for s in samples]),
-        decision_index=np.array([vocab.candidate_index(s["decision"].speed, s["decision"].path) for s in samples],
-                                dtype=np.int16),
-        reasoning=text([s["decision"].reasoning for s in samples]),
-        future=np.stack([s["future"] for s in samples]).astype(np.float32),
-        scenario=text([scenario] * len(samples)),
-        seed=np.full(len(samples), seed, dtype=np.int64),
-        time=np.array([s["time"] for s in samples], dtype=np.float32),
-        recovering=np.array([s["recovering"] for s in samples], dtype=bool),
-    )
-
-
 def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary | None = None,
-                          spec: TrajectorySpec = TrajectorySpec(), image_size=(128, 256), frame_hz: float = 2.0,
+                          spec: TrajectorySpec = TrajectorySpec(), image_size=CAMERA_SIZE, frame_hz: float = 2.0,
                           perturb_prob: float = 0.05, progress: bool = True, driver=None,
                           expert_share: float = 0.3) -> dict:
     """Drive the expert on every (scenario, seed) and write one shard per episode into ``out_dir``;
     returns the manifest (also written as ``meta.json``). With ``driver`` (a policy), record DAgger data
     instead: the policy drives and the expert labels (see ``_record_dagger_episode``)."""
-    from tqdm import tqdm
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = vocab or DecisionVocabulary.preset("alphadrive")
@@ -170,7 +148,7 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
                     samples = _record_dagger_episode(sim, expert, driver, seed, frame_hz, expert_share, rng)
                 if samples:
                     name = f"{scenario}_{seed:06d}.npz"
-                    _write_shard(out / name, samples, vocab, seed, scenario)
+                    write_shard(out / name, samples, vocab, seed, scenario)
                     shards.append(name)
                     total += len(samples)
                 bar.set_postfix(samples=total)
@@ -182,22 +160,3 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
             "driver": getattr(driver, "model_version", None), "expert_share": expert_share if driver else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
-
-
-def load_dataset(directory) -> dict:
-    """All shards of a recorded dataset concatenated: dict of arrays (plus ``meta``), no pickles."""
-    directory = Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{directory} has no meta.json; is it a dataset written by record_expert_dataset?")
-    meta = json.loads(meta_path.read_text())
-    parts: dict[str, list] = {}
-    for name in meta["shards"]:
-        with np.load(directory / name, allow_pickle=False) as shard:
-            for key in shard.files:
-                parts.setdefault(key, []).append(shard[key])
-    if not parts:
-        raise ValueError(f"{directory} holds no samples")
-    data = {key: np.concatenate(values) for key, values in parts.items()}
-    data["meta"] = meta
-    return data

@@ -7,8 +7,10 @@ roundabouts when a conflict is predicted. Decisions are (speed, path) meta-actio
 decision rate and held for at least ``HOLD_S`` unless the new one is more cautious, so that a policy
 imitating it from camera + navigation + speed sees consistent labels.
 
-Trajectories are 6 x 0.5 s waypoints along the route lanes' centrelines (highway-env lane geometry),
-with a timed cosine lateral profile for lane changes, in the ego frame (x forward, y left).
+Trajectories are 6 x 0.5 s waypoints along the route lanes' centrelines (highway-env lane geometry,
+``sim/lane_path.py``), with a timed cosine lateral profile for lane changes, in the ego frame (x forward,
+y left). What it knows of the other cars comes from ``sim/traffic_prediction.py``, its gap keeping from
+``sim/idm.py``; this module holds its decisions and plans.
 """
 from __future__ import annotations
 
@@ -24,81 +26,28 @@ from ..core.trajectory import Trajectory, TrajectorySpec, world_to_ego, wrap_ang
 from ..core.types import DecisionResult, Observation
 from ..core.vocabulary import PATH_SEMANTICS, SPEED_SEMANTICS, Decision, DecisionVocabulary
 from .highway import DrivingSim
+from .idm import DEPART_ACCEL, IDM_ACCEL, IDM_BRAKE, idm_accel
+from .lane_path import PATH_STEP, LanePath, lane_ok, path_from_ego
+from .route import junction_length, stop_line
+from .traffic_prediction import conflict, leader, rear_safe
 
 DESIRED_SPEED = {"highway": 25.0, "merge": 25.0, "roundabout": 10.0, "intersection": 9.0}
 LATERAL_ACCEL = 3.0  # m/s^2 allowed in curves
 CURVE_BRAKE = 1.5  # m/s^2 used to slow down ahead of a curve
-IDM_ACCEL, IDM_BRAKE, IDM_GAP, IDM_HEADWAY = 2.0, 3.0, 4.0, 1.2
-DEPART_ACCEL = 3.0  # m/s^2 assumed (and used) when pulling away across a junction
-CORRIDOR = 2.3  # m half-width in which another vehicle counts as being on our path
-CUT_IN_S = 1.5  # s of look-ahead for vehicles about to enter our path
-LANE_SWITCH_M = 6.0  # predicted cars blend from one lane into the next over this distance
 LANE_CHANGE_S = 3.5  # s, duration of the cosine lateral profile
 LANE_CHANGE_COOLDOWN_S = 3.0
 LANE_CHANGE_GAIN = 0.6  # m/s^2 of acceleration gain that justifies a lane change
-SAFE_BRAKE = 2.0  # m/s^2 the new follower may be asked to brake at most
 HOLD_S = 1.0  # a decision stays at least this long unless the new one is more cautious
-YIELD_HORIZON_S = 5.0  # s of predicted motion checked for conflicts before entering a junction
-CONFLICT_DISTANCE, CONFLICT_SLACK_S = 3.5, 0.5  # m between car circles; s of timing slack
 YIELD_CLEAR_CHECKS = 2  # conflict-free decisions (1 s at 2 Hz) before leaving a yield
 APPROACH_M = 40.0  # start checking for conflicts this far before a junction's stop line
-PATH_STEP = 1.0
-PATH_SMOOTH = 2  # samples each side of the moving average over the path
 _CAUTION = {"accelerate": 0, "keep": 1, "decelerate": 2, "decelerate_hard": 3, "stop": 4}
 _ACCEL_RANGE = {"accelerate": (0.5, DEPART_ACCEL), "keep": (-0.3, 0.3), "decelerate": (-3.5, -0.6),
                 "decelerate_hard": (-6.0, -3.0)}
 
 
-def idm_accel(v: float, v0: float, gap: float | None = None, v_lead: float = 0.0, s0: float = IDM_GAP,
-              a_max: float = IDM_ACCEL) -> float:
-    """Intelligent Driver Model acceleration; ``gap`` is bumper-to-bumper (None = free road)."""
-    free = 1.0 - (v / max(v0, 0.1)) ** 4
-    if gap is None:
-        return a_max * free
-    s_star = s0 + max(0.0, v * IDM_HEADWAY + v * (v - v_lead) / (2 * math.sqrt(a_max * IDM_BRAKE)))
-    return float(max(a_max * (free - (s_star / max(gap, 0.1)) ** 2), -9.0))
-
-
-def _circles(xy: np.ndarray, heading: np.ndarray) -> np.ndarray:
-    """(T, 2, 2): centres of the two circles covering a 5 m car, 1.25 m ahead of and behind its centre."""
-    offset = 1.25 * np.column_stack([np.cos(heading), np.sin(heading)])
-    return np.stack([xy + offset, xy - offset], axis=1)
-
-
-@dataclass
-class _Path:
-    """Reference path sampled along lanes, in highway-env's world frame; ``s`` = Euclidean arc length."""
-
-    s: np.ndarray
-    xy: np.ndarray
-    heading: np.ndarray
-
-    def at(self, d):
-        d = np.clip(np.asarray(d, dtype=np.float64), 0.0, self.s[-1])
-        xy = np.column_stack([np.interp(d, self.s, self.xy[:, 0]), np.interp(d, self.s, self.xy[:, 1])])
-        return xy, np.interp(d, self.s, self.heading)
-
-    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(arc position, signed lateral offset, path heading) of each point's nearest path sample."""
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        d2 = ((pts[:, None, :] - self.xy[None, :, :]) ** 2).sum(-1)
-        idx = d2.argmin(axis=1)
-        h = self.heading[idx]
-        rel = pts - self.xy[idx]
-        along = rel[:, 0] * np.cos(h) + rel[:, 1] * np.sin(h)
-        lateral = -rel[:, 0] * np.sin(h) + rel[:, 1] * np.cos(h)
-        return self.s[idx] + along, lateral, h
-
-    def curvature(self, window: float = 4.0) -> np.ndarray:
-        k = max(1, int(round(window / PATH_STEP)))
-        h = np.pad(self.heading, k, mode="edge")
-        s = np.pad(self.s, k, mode="reflect", reflect_type="odd")
-        return (h[2 * k:] - h[:-2 * k]) / np.maximum(s[2 * k:] - s[:-2 * k], 1e-3)
-
-
 @dataclass
 class _Situation:
-    path: _Path
+    path: LanePath
     lat: float  # ego offset from the path start along the lane normal (highway frame, + = right)
     speed: float
     v_desired: float
@@ -148,218 +97,13 @@ class ExpertPolicy:
             raise RuntimeError("ExpertPolicy needs a simulator: ExpertPolicy(sim) or expert.attach(sim)")
         return self.sim
 
-    # ------------------------------------------------------------------ geometry
-    def _lane_sequence_path(self, edge: int, lane_id: int, s0: float, length: float) -> _Path:
-        sim = self.sim
-        net, route = sim.env.road.network, sim.route
-        xs, hs = [], []
-        lane = route.lanes(net, edge)[lane_id]
-        s, remaining = s0, length
-        while remaining > 0:
-            end = lane.length if edge < len(route.edges) - 1 else s + remaining
-            ss = np.arange(s, min(end, s + remaining), PATH_STEP)
-            xs.extend(lane.position(float(v), 0.0) for v in ss)
-            hs.extend(lane.heading_at(float(v)) for v in ss)
-            remaining -= max(end - s, PATH_STEP)
-            if edge >= len(route.edges) - 1 or remaining <= 0:
-                break
-            last_end = lane.position(lane.length, 0.0)
-            edge += 1
-            candidates = [(float(np.linalg.norm(c.position(0.0, 0.0) - last_end)), i)
-                          for i, c in enumerate(route.lanes(net, edge)) if not c.forbidden]
-            lane = route.lanes(net, edge)[min(candidates)[1]]
-            s = 0.0
-        if not xs:
-            xs, hs = [lane.position(s, 0.0)], [lane.heading_at(s)]
-        xy = np.asarray(xs, dtype=np.float64).reshape(-1, 2)
-        # Lanes of highway-env junctions do not quite meet: smooth over a few metres so the path has no
-        # kinks, then take headings from the smoothed polyline.
-        if len(xy) > 2 * PATH_SMOOTH + 1:
-            kernel = np.ones(2 * PATH_SMOOTH + 1) / (2 * PATH_SMOOTH + 1)
-            padded = np.pad(xy, ((PATH_SMOOTH, PATH_SMOOTH), (0, 0)), mode="edge")
-            xy = np.column_stack([np.convolve(padded[:, 0], kernel, "valid"), np.convolve(padded[:, 1], kernel, "valid")])
-        steps = np.diff(xy, axis=0)
-        keep = np.concatenate([[True], np.linalg.norm(steps, axis=1) > 1e-6])
-        xy = xy[keep]
-        if len(xy) < 2:
-            xy = np.vstack([xy, xy[-1:] + PATH_STEP * np.array([[math.cos(hs[-1]), math.sin(hs[-1])]])])
-        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
-        grad = np.gradient(xy, axis=0)
-        heading = np.unwrap(np.arctan2(grad[:, 1], grad[:, 0]))
-        return _Path(arc, xy, heading)
-
-    def _path_on(self, located: dict, lane_id: int, length: float) -> tuple[_Path, float]:
-        """Path along lane ``lane_id`` of the ego's current edge, starting at the ego's foot point on it,
-        and the ego's signed lateral offset from it (highway-env frame, + = right)."""
-        net = self.sim.env.road.network
-        position = self.sim.vehicle.position
-        lane = self.sim.route.lanes(net, located["edge"])[lane_id]
-        s = float(lane.local_coordinates(position)[0])
-        path = self._lane_sequence_path(located["edge"], lane_id, min(max(s, 0.0), lane.length) - 5.0,
-                                        length + 5.0)
-        along, lat, h = path.project(position[None, :])
-        foot = path.at(along)[0][0]
-        keep = path.s > along[0] + 0.1
-        xy = np.vstack([foot, path.xy[keep]])
-        heading = np.concatenate([[np.interp(along[0], path.s, path.heading)], path.heading[keep]])
-        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
-        return _Path(arc, xy, heading), float(lat[0])
-
-    def _lane_ok(self, edge: int, lane_id: int) -> bool:
-        lanes = self.sim.route.lanes(self.sim.env.road.network, edge)
-        return 0 <= lane_id < len(lanes) and not lanes[lane_id].forbidden
-
-    # ------------------------------------------------------------------ perception
-    def _others(self):
-        ego = self.sim.vehicle
-        return [v for v in self.sim.env.road.vehicles if v is not ego] + list(self.sim.env.road.objects)
-
-    def _leader(self, path: _Path) -> tuple[float | None, float, bool]:
-        """Closest vehicle on our path corridor ahead, now or soon: (bumper gap, its speed along the path,
-        whether it is cutting in). Cars not on the corridor now are also tried where they will be within
-        ``CUT_IN_S`` (lane-followers along their route and towards their target lane, privileged; others
-        at constant velocity). They count when they land ahead of or beside where we will be by then (a
-        car entering a roundabout without yielding), or, when faster than us, up to a length further
-        back (a car crossing our nose from behind towards a roundabout exit)."""
-        from highway_env.vehicle.controller import ControlledVehicle
-
-        ego = self.sim.vehicle
-        others = self._others()
-        if not others:
-            return None, 0.0, False
-        net = self.sim.env.road.network
-        times = np.linspace(0.25, CUT_IN_S, 6)
-        owner, when, points = [], [], []
-        for k, o in enumerate(others):
-            owner.append(k), when.append(0.0), points.append(o.position)
-            if isinstance(o, ControlledVehicle):
-                future = [self._predict(o, times)]
-                target = getattr(o, "target_lane_index", None)
-                if target is not None and target != o.lane_index:
-                    lane = net.get_lane(target)
-                    s_t = lane.local_coordinates(o.position)[0]
-                    aim = np.array([lane.position(s_t + o.speed * t, 0.0) for t in times])
-                    future.append(o.position + (times / CUT_IN_S)[:, None] * (aim - o.position))
-                for track in future:
-                    owner.extend([k] * len(times)), when.extend(times), points.extend(track)
-            elif getattr(o, "speed", 0.0) > 0.5:
-                owner.extend([k] * len(times)), when.extend(times)
-                points.extend(o.position + np.outer(times, o.velocity))
-        owner, when = np.asarray(owner), np.asarray(when)
-        s_along, lat, h = path.project(np.asarray(points))
-        on_path = (np.abs(lat) <= CORRIDOR) & (s_along < path.s[-1] - 0.5)
-        in_corridor_now = {int(k) for k in owner[on_path & (when == 0.0)]}
-        gap = s_along - ego.speed * when - ego.LENGTH  # against where we will be by then
-        best = (None, 0.0, False)
-        for i in np.flatnonzero(on_path):
-            k, o = int(owner[i]), others[int(owner[i])]
-            speed = float(getattr(o, "speed", 0.0)) * math.cos(float(o.heading - h[i]))
-            if when[i] == 0.0:
-                if s_along[i] <= 0.0:
-                    continue
-            elif k in in_corridor_now or gap[i] < (-2.0 if speed > ego.speed else -1.0) * ego.LENGTH:
-                continue
-            if best[0] is None or gap[i] < best[0]:
-                best = (float(max(gap[i], 0.0)), max(speed, 0.0), bool(when[i] > 0.0))
-        return best
-
-    def _desired_speed(self, path: _Path, v: float) -> tuple[float, bool]:
+    # ------------------------------------------------------------------ situation
+    def _desired_speed(self, path: LanePath, v: float) -> tuple[float, bool]:
         v_max = DESIRED_SPEED[self.sim.scenario]
         curve = np.sqrt(LATERAL_ACCEL / np.maximum(np.abs(path.curvature()), 1e-4))
         reachable = np.sqrt(curve**2 + 2 * CURVE_BRAKE * path.s)  # slow down in time for what comes
         v_curve = float(reachable.min())
         return min(v_max, v_curve), v_curve < v_max
-
-    def _predict(self, vehicle, times: np.ndarray) -> np.ndarray:
-        """Positions along the vehicle's own lane then planned route at constant speed."""
-        net = self.sim.env.road.network
-        lanes = [vehicle.lane]
-        previous = vehicle.lane_index
-        for step in vehicle.route or []:
-            if tuple(step[:2]) == tuple(previous[:2]):
-                continue
-            if step[0] != previous[1]:
-                break
-            options = net.graph[step[0]][step[1]]
-            lane_id = step[2] if step[2] is not None and step[2] < len(options) else min(previous[2], len(options) - 1)
-            previous = (step[0], step[1], lane_id)
-            lanes.append(options[lane_id])
-        s = vehicle.lane.local_coordinates(vehicle.position)[0] + vehicle.speed * np.asarray(times)
-        out = np.empty((len(s), 2))
-        for k, longitudinal in enumerate(s):
-            i = 0
-            while i < len(lanes) - 1 and longitudinal > lanes[i].length:
-                longitudinal -= lanes[i].length
-                i += 1
-            out[k] = lanes[i].position(float(longitudinal), 0.0)
-            if i > 0 and longitudinal < LANE_SWITCH_M:  # highway-env lanes do not meet: cross over smoothly
-                w = longitudinal / LANE_SWITCH_M
-                out[k] = w * out[k] + (1 - w) * lanes[i - 1].position(lanes[i - 1].length + longitudinal, 0.0)
-        return out
-
-    def _stop_line(self) -> float:
-        """Progress of the stop line: the junction entry (a little before the roundabout's ring, where
-        the entry lane still has road under it)."""
-        route = self.sim.route
-        return route.offsets[1] if self.sim.scenario == "intersection" else route.offsets[2] - 2.0
-
-    def _junction_length(self) -> float:
-        """Metres from the stop line over which crossing traffic matters (the intersection connector,
-        the ring up to just past its first exit, where cars leave across our lane)."""
-        route = self.sim.route
-        return float(route.lengths[1] if self.sim.scenario == "intersection" else route.lengths[2] + 5.0)
-
-    def _gives_way(self, other) -> bool:
-        """At the intersection, a car with a lower-priority movement that can still stop comfortably
-        before its own stop line will yield to us (highway-env's road regulation makes it)."""
-        sim = self.sim
-        if sim.scenario != "intersection" or not other.lane_index[0].startswith("o"):
-            return False
-        net = sim.env.road.network
-        ours = sim.route.lanes(net, 1)[0].priority
-        movement = next((step for step in (other.route or []) if step[0].startswith("ir")), None)
-        if movement is None:
-            return False
-        theirs = net.graph[movement[0]][movement[1]][0].priority
-        to_their_line = other.lane.length - other.lane.local_coordinates(other.position)[0]
-        return theirs < ours and to_their_line > other.speed**2 / (2 * IDM_BRAKE) + 5.0
-
-    def _conflict(self, path: _Path, to_line: float, v_go: float) -> bool:
-        """Would going now bring us close to another vehicle inside the junction? Cars are two circles
-        each; predictions are compared with a timing slack of ``CONFLICT_SLACK_S`` either way since
-        nobody keeps a perfectly constant speed."""
-        from highway_env.vehicle.controller import ControlledVehicle
-
-        sim = self.sim
-        step = 0.25
-        times = np.arange(step, YIELD_HORIZON_S + 1e-9, step)
-        v = sim.vehicle.speed
-        dist = np.cumsum(np.minimum(v + DEPART_ACCEL * times, max(v, v_go)) * step)
-        in_zone = (dist >= to_line - 2.0) & (dist <= to_line + self._junction_length() + 2.0)
-        if not in_zone.any():
-            return False
-        ego_xy, ego_h = path.at(dist[in_zone])
-        ego_circles = _circles(ego_xy, ego_h)
-        zone_idx = np.flatnonzero(in_zone)
-        slack = int(round(CONFLICT_SLACK_S / step))
-        approach_edges = sim.route.edges[:1 if sim.scenario == "intersection" else 2]
-        for o in sim.env.road.vehicles:
-            if o is sim.vehicle or tuple(o.lane_index[:2]) in approach_edges or self._gives_way(o):
-                continue
-            if isinstance(o, ControlledVehicle):
-                pos = self._predict(o, times)
-                moved = np.gradient(pos, axis=0)
-                heading = np.where(np.linalg.norm(moved, axis=1) > 1e-3, np.arctan2(moved[:, 1], moved[:, 0]),
-                                   o.heading)
-            else:
-                pos, heading = o.position + np.outer(times, o.velocity), np.full(len(times), o.heading)
-            other = _circles(pos, heading)
-            for shift in range(-slack, slack + 1):
-                idx = np.clip(zone_idx + shift, 0, len(times) - 1)
-                gaps = np.linalg.norm(ego_circles[:, :, None, :] - other[idx][:, None, :, :], axis=-1)
-                if gaps.min() < CONFLICT_DISTANCE:
-                    return True
-        return False
 
     def _situation(self, for_decision: bool = False) -> _Situation:
         sim = self.sim
@@ -368,19 +112,20 @@ class ExpertPolicy:
         located = sim.route.locate(sim.env.road.network, ego.position, sim.progress)
         length = max(60.0, 6.0 * v + 40.0)
         lane_id = self._lc[1] if self._lc is not None else located["lane_id"]
-        if not self._lane_ok(located["edge"], lane_id):
+        if not lane_ok(sim, located["edge"], lane_id):
             lane_id = located["lane_id"]
-        path, lat = self._path_on(located, lane_id, length)
+        path, lat = path_from_ego(sim, located, lane_id, length)
         v_des, curve_limited = self._desired_speed(path, v)
-        gap, v_lead, cut_in = self._leader(path)
+        gap, v_lead, cut_in = leader(sim, path)
         if self._lc is not None and lane_id != located["lane_id"]:  # mid lane change: mind both lanes
-            cur_path, _ = self._path_on(located, located["lane_id"], length)
-            g2, v2, c2 = self._leader(cur_path)
+            cur_path, _ = path_from_ego(sim, located, located["lane_id"], length)
+            g2, v2, c2 = leader(sim, cur_path)
             if g2 is not None and (gap is None or idm_accel(v, v_des, g2, v2) < idm_accel(v, v_des, gap, v_lead)):
                 gap, v_lead, cut_in = g2, v2, c2
-        to_line = self._stop_line() - located["progress"] if sim.scenario in ("intersection", "roundabout") \
-            else math.inf
-        crossing = math.isfinite(to_line) and -self._junction_length() < to_line < 10.0  # pull away briskly
+        to_line = stop_line(sim.scenario, sim.route) - located["progress"] \
+            if sim.scenario in ("intersection", "roundabout") else math.inf
+        # pull away briskly
+        crossing = math.isfinite(to_line) and -junction_length(sim.scenario, sim.route) < to_line < 10.0
         a = idm_accel(v, v_des, gap, v_lead, a_max=DEPART_ACCEL if crossing else IDM_ACCEL)
         sit = _Situation(path, lat, v, v_des, a, gap, v_lead)
         if gap is not None and a < 0.3:
@@ -394,9 +139,9 @@ class ExpertPolicy:
                 # (otherwise commit), stop yielding only after YIELD_CLEAR_CHECKS clear decisions.
                 stop_room = to_line - ego.LENGTH / 2 - 0.5
                 can_stop = self._yielding or v * v <= 2 * IDM_BRAKE * max(stop_room, 0.0)
-                conflict = 0.5 < to_line < APPROACH_M and can_stop and self._conflict(path, to_line, v_des)
-                self._clear_checks = 0 if conflict else self._clear_checks + 1
-                self._yielding = conflict or (self._yielding and self._clear_checks < YIELD_CLEAR_CHECKS
+                conflicting = 0.5 < to_line < APPROACH_M and can_stop and conflict(sim, path, to_line, v_des)
+                self._clear_checks = 0 if conflicting else self._clear_checks + 1
+                self._yielding = conflicting or (self._yielding and self._clear_checks < YIELD_CLEAR_CHECKS
                                               and to_line > 0.5)
             if self._yielding and to_line > 0.5:
                 sit.stop_gap = max(to_line - ego.LENGTH / 2 - 0.5, 0.0)
@@ -417,35 +162,18 @@ class ExpertPolicy:
         best, best_gain = None, LANE_CHANGE_GAIN
         for direction, step in (("left_change", -1), ("right_change", +1)):
             target = located["lane_id"] + step
-            if not self._lane_ok(located["edge"], target):
+            if not lane_ok(sim, located["edge"], target):
                 continue
-            path, _ = self._path_on(located, target, len(sit.path.s) * PATH_STEP)
-            gap, v_lead, _ = self._leader(path)
+            path, _ = path_from_ego(sim, located, target, len(sit.path.s) * PATH_STEP)
+            gap, v_lead, _ = leader(sim, path)
             if gap is not None and gap < 5.0 + 0.3 * sit.speed:
                 continue
-            if not self._rear_safe(located, target):
+            if not rear_safe(sim, located, target):
                 continue
             gain = idm_accel(sit.speed, sit.v_desired, gap, v_lead) - sit.a_idm
             if gain > best_gain:
                 best, best_gain = direction, gain
         return best
-
-    def _rear_safe(self, located: dict, target: int) -> bool:
-        """The closest vehicle behind us on the target lane keeps a gap and brakes gently at most."""
-        sim = self.sim
-        ego = sim.vehicle
-        v = float(ego.speed)
-        lane = sim.route.lanes(sim.env.road.network, located["edge"])[target]
-        s_ego = lane.local_coordinates(ego.position)[0]
-        for o in self._others():
-            s_o, lat_o = lane.local_coordinates(o.position)
-            if abs(lat_o) > CORRIDOR or s_o > s_ego + ego.LENGTH:
-                continue
-            gap = s_ego - s_o - ego.LENGTH
-            v_f = float(getattr(o, "speed", 0.0))
-            if gap < 3.0 or idm_accel(v_f, max(v_f, 1.0), gap, v) < -SAFE_BRAKE:
-                return False
-        return True
 
     # ------------------------------------------------------------------ decisions
     def _raw_speed_semantic(self, sit: _Situation) -> str:
@@ -575,7 +303,7 @@ class ExpertPolicy:
         if path_sem in ("left_change", "right_change"):
             if self._lc is None:
                 target = located["lane_id"] + (-1 if path_sem == "left_change" else 1)
-                if self._lane_ok(located["edge"], target):
+                if lane_ok(sim, located["edge"], target):
                     lane = sim.route.lanes(sim.env.road.network, located["edge"])[target]
                     lat0 = float(lane.local_coordinates(sim.vehicle.position)[1])
                     self._lc = (located["edge"], target, path_sem, sim.time, lat0)

@@ -3,15 +3,16 @@
 Frames come from :func:`vla_driver.sim.closed_loop.run_episode` (``record_frames=True``): dicts with
 ``image`` (H, W, 3), ``trajectory`` (N, 3, ego frame at that frame), ``decision``, ``navigation``,
 ``time`` and ``speed``. The camera is ego-aligned, so ego-frame points map to pixels with
-:func:`vla_driver.sim.highway.ego_to_pixel`.
+:func:`vla_driver.sim.topdown.ego_to_pixel`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from .highway import ego_to_pixel
+from .topdown import ego_to_pixel
 
 TRAJECTORY_COLOR = (255, 60, 60)
 TEXT_COLOR = (255, 255, 255)
@@ -19,8 +20,6 @@ TEXT_COLOR = (255, 255, 255)
 
 def annotate(frame: dict, scale: int = 2):
     """One frame as a PIL image, upscaled by ``scale``, with trajectory and text overlaid."""
-    from PIL import Image, ImageDraw
-
     image = np.asarray(frame["image"], dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"frame image must be (H, W, 3), got {image.shape}")
@@ -54,8 +53,6 @@ def save_episode_gif(frames: list[dict], path, fps: float = 10.0, every: int = 1
 
 def save_episode_png(frames: list[dict], path, count: int = 6, scale: int = 1) -> Path:
     """A contact sheet of ``count`` evenly spaced frames stacked vertically (one frame -> one picture)."""
-    from PIL import Image
-
     if not frames:
         raise ValueError("no frames to save; run the episode with record_frames=True")
     path = Path(path)

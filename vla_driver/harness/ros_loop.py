@@ -1,6 +1,6 @@
-"""Run nodes without ``ros2 launch``: one node per process (``main()``), or the whole loop in one process.
+"""The closed loop through the real ROS nodes in one process, without ``ros2 launch``.
 
-:func:`run_closed_loop` is what ``sim.launch.py`` starts, composed in one process: simulator bridge,
+:func:`run_closed_loop` composes what ``sim.launch.py`` starts: simulator bridge,
 decision, action and controller nodes on a MultiThreadedExecutor, all on sim time. The loop is
 lockstepped: the action node plans once per camera image and the controller commands once per
 trajectory, so the bridge steps as soon as the pipeline has answered. Each run has its own rclpy
@@ -8,71 +8,23 @@ Context, so one process can run many episodes.
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.parameter import Parameter
 from rclpy.task import Future
+from tqdm import tqdm
 
-from .action_node import ActionNode
-from .controller_node import ControllerNode
-from .decision_node import DecisionNode
-from .executor import MultiThreadedExecutor
-from .sim_bridge_node import SimBridgeNode
-
-
-@contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Spin with everything alive so far (modules, models, nodes) hidden from Python's cyclic collector.
-
-    A full collection walks every tracked object, ~400k once torch, transformers and rclpy are loaded,
-    holding the GIL throughout: measured 0.36-0.47 s every ~5 s on a busy 2-core machine, long enough
-    for the action node to miss four 10 Hz cycles. Frozen objects are not scanned; new garbage still
-    is collected. Not nestable: leaving unfreezes everything, so that the loop's nodes can be freed.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def spin_standalone(node_cls, args=None) -> None:
-    """``main()`` of every node: one node in its own process on a multi-threaded executor."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = node_cls()
-        with frozen_heap():
-            rclpy.spin(node, executor=MultiThreadedExecutor())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
-
-def stop_executor(executor, timeout_s: float = 5.0) -> None:
-    """Shut an executor down once its in-flight callbacks are done.
-
-    rclpy 7.1's ``Executor.shutdown`` destroys its guard condition without waiting for callbacks still
-    running on MultiThreadedExecutor's thread pool, which then fail with InvalidHandle. Call this
-    after spinning has stopped.
-    """
-    deadline = time.monotonic() + timeout_s
-    while any(not f.done() for f in list(getattr(executor, "_futures", []))) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    executor.shutdown()
+from ..core.types import CAMERA_SIZE
+from ..nodes.action_node import ActionNode
+from ..nodes.controller_node import ControllerNode
+from ..nodes.decision_node import DecisionNode
+from ..nodes.executor import MultiThreadedExecutor
+from ..nodes.sim_bridge_node import SimBridgeNode
+from ..nodes.spin import frozen_heap, stop_executor
 
 
 @dataclass
@@ -96,7 +48,7 @@ def node_stats(node) -> dict:
 
 def run_closed_loop(
     scenario: str = "highway", seed: int = 0, checkpoint: str = "", backend: str = "auto", *,
-    duration_s: float | None = None, control_hz: float = 10.0, image_size: tuple[int, int] = (128, 256),
+    duration_s: float | None = None, control_hz: float = 10.0, image_size: tuple[int, int] = CAMERA_SIZE,
     think: bool = False, sample: bool = False, decision_rate_hz: float = 2.0, deadline_ms: float = 1000.0,
     step_timeout_s: float = 1.0, record_frames: bool = False, wall_timeout_s: float | None = None,
     policies: tuple | None = None, domain_id: int | None = None, progress: bool = True,
@@ -112,8 +64,6 @@ def run_closed_loop(
     safe to call from two threads. Raises TimeoutError if the episode does not finish within
     ``wall_timeout_s`` (default: 30 s + 20x the sim duration, or 10 minutes without one).
     """
-    from tqdm import tqdm
-
     # An in-process loop must not exchange messages with other machines on the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if wall_timeout_s is None:
@@ -122,7 +72,7 @@ def run_closed_loop(
     run = ClosedLoopRun(result=None)
     done = Future()
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
+    rclpy.init(args=[], context=context, domain_id=domain_id)  # the command line is not ROS arguments
     nodes, executor = {}, None
     bar = tqdm(total=round(duration_s * control_hz) if duration_s else None, unit="cycle",
                desc=f"{scenario} seed {seed}", disable=not progress, leave=False)

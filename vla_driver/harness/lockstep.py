@@ -1,0 +1,142 @@
+"""The lockstep replay protocol: the player, not the nodes' timers, runs each cycle, so two replays of
+one bag give identical outputs.
+
+The nodes' sim-time timers are cancelled and the player drives their cycles per camera frame, as the
+timers would on a 2 Hz / 10 Hz grid of bag time started at the first frame (a cycle at the first frame
+at or after each multiple of the period from there): publish the frame's inputs, step ``/clock`` to it
+and wait until every node holds them and reads that time; run the decision cycle when due and wait until
+the action node holds the decision; run the action cycle when due; before the next frame's clock step,
+wait until the trajectory and the controller's command (one per trajectory) are recorded. The controller
+gets a frame's odometry only after commanding the previous plan, so a command never depends on message
+timing. Outputs are recorded at the clock of their frame (``ReplayResult.digest``; decision latency, a
+wall-clock figure, left out).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm import tqdm
+
+from ..experience import messages as m
+from .replay_input import header_stamp_ns
+from .replay_player import ReplayPlayer
+from .wait import wait_until
+
+log = logging.getLogger(__name__)
+
+
+class LockstepPlayer(ReplayPlayer):
+    """Plays frame by frame, waiting for every node's answer before the clock moves on."""
+
+    LOCKSTEP = True
+
+    def play_lockstep(self, progress: bool) -> dict:
+        expect = {"odom": None, "navigation": None}
+        frames, first, last = 0, None, None
+        self._next_decision = self._next_plan = 0
+        self._grid_origin: int | None = None  # the first frame's time: the cycles' grid starts there
+        self.plan_period_ns = int(round(1e9 / self.action.params.rate_hz))
+        rejected = {n: self._rejected(n) for n in (self.decision, self.action, self.controller)}
+        bar = tqdm(total=self.source.frames, unit="frame", desc="replay (lockstep)", disable=not progress,
+                   leave=False)
+        start = time.perf_counter()
+        for role, t_ns, raw in self.source.messages():
+            first = t_ns if first is None else first
+            last = t_ns
+            if role == "odom":
+                expect["odom"] = _node_seconds(header_stamp_ns(raw, m.ODOMETRY))
+                self._held_odom.append(raw)
+            elif role == "navigation":
+                expect["navigation"] = m.deserialize(raw, m.STRING).data.strip() or expect["navigation"]
+            frame_start = time.perf_counter()
+            if role == "image" and self._grid_origin is None:
+                self._grid_origin = t_ns
+            deciding = role == "image" and t_ns >= self._next_decision
+            self._play(role, t_ns, raw, to_decision=deciding)
+            if role != "image":
+                continue
+            self._settle()
+            self._set_clock(t_ns)
+            self._wait_inputs(_node_seconds(header_stamp_ns(raw, self.source.types["image"])), t_ns, expect,
+                              rejected, deciding)
+            self._cycle(t_ns, frame_start, deciding)
+            rejected = {n: self._rejected(n) for n in rejected}
+            frames += 1
+            bar.update()
+        self._settle()
+        bar.close()
+        return self._summary(frames, first, last, time.perf_counter() - start)
+
+    def _settle(self) -> None:
+        """The last plan's trajectory and command are recorded (on that frame's clock); only then does
+        the controller get the newer odometry, so each command depends on its own frame alone. The next
+        frame's camera and odometry travel to the other nodes meanwhile."""
+        if self._pending is not None:
+            count, started = self._pending
+            self._wait_outputs("trajectory", lambda: self.received["trajectory"] >= count)
+            self._wait_outputs("cmd_vel", lambda: self.received["cmd_vel"] >= count)  # one per trajectory
+            self.frame_ms.append((time.perf_counter() - started) * 1e3)
+            self._pending = None
+        for raw in self._held_odom:
+            self.pubs["controller_odom"].publish(raw)
+        self._held_odom.clear()
+
+    def _cycle(self, t_ns: int, frame_start: float, deciding: bool) -> None:
+        """One frame's cycle, its inputs in and the clock on it: as the nodes' timers would, a decision and
+        a plan when due (the first frame at or after each multiple of their periods from the first frame)."""
+        if deciding:
+            self._next_decision = self._next_on_grid(t_ns, self.decision_period_ns)
+            published = len(self.decisions)
+            self.decision.decide()
+            if len(self.decisions) > published:
+                count, stamp = len(self.decisions), self.decisions[-1].get("stamp")
+                self._wait_outputs("decision", lambda: self.received["decision"] >= count)
+                if not wait_until(lambda: self.action.decision is not None and self.action.decision[1] == stamp,
+                                   self.timeout):
+                    self.timeouts["decision_at_action"] += 1
+        if t_ns >= self._next_plan:
+            self._next_plan = self._next_on_grid(t_ns, self.plan_period_ns)
+            planned = len(self.trajectories)
+            self.action.cycle()
+            if len(self.trajectories) > planned:
+                self._pending = (len(self.trajectories), frame_start)
+
+    def _next_on_grid(self, t_ns: int, period_ns: int) -> int:
+        """The next multiple of ``period_ns`` after ``t_ns``, counted from the first frame: a recorder that
+        decided every 0.5 s from its first frame is decided on at the same frames, whatever the
+        bag's start time (a grid on whole multiples of bag time missed its labelled frames by up to 0.4 s)."""
+        return self._grid_origin + ((t_ns - self._grid_origin) // period_ns + 1) * period_ns
+
+    def _wait_inputs(self, stamp: float, t_ns: int, expect: dict, rejected: dict, deciding: bool) -> None:
+        """Every node holds this frame's camera image, the latest odometry and navigation (or refused them),
+        and every node's clock reads the frame's time."""
+        d, a, c = self.decision, self.action, self.controller
+
+        def holds(node, image: bool) -> bool:
+            if self._rejected(node) > rejected[node]:
+                return True
+            inputs = node.inputs
+            ok = not image or (inputs.image is not None and inputs.image[1] == stamp)
+            if expect["odom"] is not None:
+                ok = ok and inputs.ego is not None and inputs.ego[0].stamp == expect["odom"]
+            if expect["navigation"]:
+                ok = ok and inputs.navigation == expect["navigation"]
+            return ok
+
+        def controller_holds() -> bool:
+            return (expect["odom"] is None or self._rejected(c) > rejected[c]
+                    or (bool(c.poses) and c.poses[-1].stamp == expect["odom"]))
+
+        def clocks() -> bool:
+            return all(n.get_clock().now().nanoseconds == t_ns for n in (d, a, c))
+
+        if not wait_until(lambda: holds(d, deciding) and holds(a, True) and controller_holds() and clocks(),
+                           self.timeout):
+            self.timeouts["inputs"] += 1
+            log.warning("replay: the nodes did not receive the frame at %.3f within %.1f s", stamp, self.timeout)
+
+
+def _node_seconds(stamp_ns: int) -> float:
+    """A header stamp in seconds exactly as the nodes compute it (``convert.stamp_to_seconds``)."""
+    return stamp_ns // 1_000_000_000 + (stamp_ns % 1_000_000_000) * 1e-9

@@ -1,0 +1,114 @@
+"""The drive a replay plays: a bag's topics matched to the nodes' inputs, checked before anything runs.
+
+Topics are matched to roles by the experience schema's names (``experience.reader.TopicMap`` defaults:
+``/camera/image_raw``, ``/odom``, ``/navigation``, ...); ``remaps`` rename bag topics first
+(``{"/image": "/camera/image_raw"}``). ``/clock`` follows the camera's header stamps.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rosbags.highlevel import AnyReader
+
+from ..experience import messages as m
+from ..experience.reader import ROLE_TYPES, MissingTopicError, TopicMap, find_bags, timelines
+
+SCHEMA = TopicMap()
+PLAYED = ("image", "odom", "navigation")  # roles fed to the nodes
+REQUIRED = ("image", "odom")
+
+
+def parse_remaps(items) -> dict[str, str]:
+    """``["/image:=/camera/image_raw", ...]`` -> ``{"/image": "/camera/image_raw"}``."""
+    out = {}
+    for item in items or ():
+        old, sep, new = str(item).partition(":=")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"remap {item!r} must look like OLD:=NEW, e.g. /image:=/camera/image_raw")
+        out[old.strip()] = new.strip()
+    return out
+
+
+def header_stamp_ns(raw, msgtype: str) -> int:
+    """Header stamp of a message whose first field is a std_msgs/Header, read from the CDR bytes."""
+    if len(raw) >= 12 and raw[1] == 1:  # little-endian CDR: stamp (sec, nanosec) follows the 4-byte encapsulation
+        sec, nanosec = struct.unpack_from("<iI", raw, 4)
+        return sec * 1_000_000_000 + nanosec
+    return m.time_to_ns(m.deserialize(bytes(raw), msgtype).header.stamp)
+
+
+@dataclass
+class BagInput:
+    """One drive to replay: its bags (one timeline), the bag topic playing each role, and its clock."""
+
+    bags: list[Path]
+    topics: dict[str, str]  # role -> topic name in the bag
+    types: dict[str, str]  # role -> message type
+    available: dict[str, str]  # every topic in the bag -> type
+    clock_offset_ns: int  # camera header stamps minus bag time: /clock follows the stamps
+    start_ns: int
+    end_ns: int
+    frames: int
+
+    @property
+    def source(self) -> str:
+        return self.bags[0].name if len(self.bags) == 1 else f"{self.bags[0].name} .. {self.bags[-1].name}"
+
+    def messages(self, roles=PLAYED) -> Iterator[tuple[str, int, bytes]]:
+        """(role, time on the stamp clock in ns, CDR bytes) of ``roles``, in time order."""
+        by_topic = {self.topics[r]: r for r in roles if r in self.topics}
+        with AnyReader(self.bags, default_typestore=m.TYPESTORE) as reader:
+            conns = [c for c in reader.connections if c.topic in by_topic]
+            for conn, t_ns, raw in reader.messages(connections=conns):
+                yield by_topic[conn.topic], t_ns + self.clock_offset_ns, bytes(raw)
+
+
+def open_bag_input(path, remaps: dict[str, str] | None = None) -> BagInput:
+    """Check that the bag can be replayed; a missing camera or odometry raises ``MissingTopicError``."""
+    remaps = remaps or {}
+    groups = timelines(find_bags(path))
+    if len(groups) != 1:
+        raise ValueError(f"{path} holds {len(groups)} separate drives; replay one bag or one route at a time")
+    bags = groups[0]
+    source = bags[0].name if len(bags) == 1 else f"{bags[0].name} .."
+    with AnyReader(bags, default_typestore=m.TYPESTORE) as reader:
+        if not reader.is2:
+            raise ValueError(f"{path}: ROS 1 bags cannot be replayed into ROS 2 nodes")
+        infos = reader.topics
+        available = {name: info.msgtype or "?" for name, info in infos.items()}
+        unknown = sorted(set(remaps) - set(infos))
+        if unknown:
+            raise ValueError(f"{source}: cannot remap {', '.join(unknown)}: not in the bag; it has "
+                             + ", ".join(sorted(available)))
+        named = {remaps.get(name, name): name for name in infos}
+        topics, types = {}, {}
+        for role, wanted in SCHEMA.roles().items():
+            name = named.get(wanted)
+            if name is None or infos[name].msgcount == 0:
+                if role in REQUIRED:
+                    raise MissingTopicError(wanted, role, available, source)
+                continue
+            if infos[name].msgtype not in ROLE_TYPES[role]:
+                raise ValueError(f"{source}: topic {name} ({role}) is {infos[name].msgtype}, expected one of "
+                                 f"{', '.join(ROLE_TYPES[role])}")
+            topics[role], types[role] = name, infos[name].msgtype
+        offsets = []
+        image_conns = [c for c in reader.connections if c.topic == topics["image"]]
+        for conn, t_ns, raw in reader.messages(connections=image_conns):
+            offsets.append(header_stamp_ns(raw, conn.msgtype) - t_ns)
+            if len(offsets) >= 100:
+                break
+        offset = sorted(offsets)[len(offsets) // 2]  # median, in integers: float64 cannot hold ns at 1e18
+        return BagInput(bags, topics, types, available, offset, reader.start_time,
+                        reader.end_time, infos[topics["image"]].msgcount)
+
+
+def raw_image_cdr(raw: bytes, msgtype: str) -> bytes:
+    """The frame as a sensor_msgs/Image (what the nodes subscribe); compressed frames are decoded."""
+    if msgtype == m.IMAGE:
+        return raw
+    msg = m.deserialize(raw, msgtype)
+    return m.image_message(m.decode_image(msg), m.time_to_ns(msg.header.stamp), msg.header.frame_id or "camera")
