@@ -3,11 +3,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.camera_rig import CameraRig, load_rig
 from ..runtime.loading import inference_threads
 from ..sim.closed_loop import HELDOUT_SEEDS
 from ..sim.scenarios import SCENARIOS
 
 DEFAULT_SCENARIOS = "highway,merge,roundabout,intersection"
+
+
+def add_rig_argument(parser) -> None:
+    parser.add_argument("--rig", default="front",
+                        help="cameras to record: a preset of config/rigs (front, front3, surround6), a rig YAML, or "
+                             "'topdown' for the map view the models before perspective cameras were trained on")
+
+
+def rig_from_args(args) -> CameraRig | None:
+    """``--rig`` as a rig (None for 'topdown'), or exit with one clear line."""
+    if args.rig == "topdown":
+        return None
+    try:
+        return load_rig(args.rig)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--rig {args.rig}: {err}") from None
 
 
 def add_threads_argument(parser) -> None:

@@ -15,11 +15,13 @@ from ..sim.expert import ExpertPolicy
 from ..sim.render import save_episode_gif
 from .common import (
     DEFAULT_SCENARIOS,
+    add_rig_argument,
     add_threads_argument,
     add_workers_argument,
     checkpoint_dir,
     heldout_seeds,
     policy_threads,
+    rig_from_args,
     scenario_list,
 )
 
@@ -37,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--driver", default="", metavar="CKPT",
                    help="DAgger: this policy drives and the expert labels the states it visits")
     p.add_argument("--expert-share", type=float, default=0.3, help="DAgger: share of decision periods the expert drives")
+    add_rig_argument(p)
+    p.add_argument("--same-appearance", action="store_true",
+                   help="render every episode in the default colours (default: a random appearance per episode)")
     _add_runtime_arguments(p, default_backend="auto")
     p.set_defaults(func=record_command)
 
@@ -135,7 +140,9 @@ def record_command(args) -> int:
     driver = None
     if args.driver:
         driver = load_policy(args.driver, backend=args.backend, threads=policy_threads(args))
+    rig = driver.rig if driver is not None else rig_from_args(args)
     meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb,
-                                 driver=driver, expert_share=args.expert_share)
+                                 driver=driver, expert_share=args.expert_share, rig=rig,
+                                 randomize_appearance=not args.same_appearance)
     print(json.dumps({"dataset": args.out, "samples": meta["samples"], "shards": len(meta["shards"])}))
     return 0

@@ -12,7 +12,7 @@ from ..runtime.loading import resolve_checkpoint
 from ..sim.closed_loop import TRAIN_SEEDS
 from ..sim.dataset import record_expert_dataset
 from ..sim.scenarios import SCENARIOS
-from .common import override_from_args
+from .common import add_rig_argument, override_from_args, rig_from_args
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
                         "if it is empty")
     p.add_argument("--scenarios", default="highway,merge,roundabout,intersection")
     p.add_argument("--episodes", type=int, default=24, help="expert episodes per scenario when recording")
+    add_rig_argument(p)
     p.add_argument("--from-checkpoint", default="", help="start from this checkpoint instead of a fresh model")
     p.add_argument("--action-steps", type=int, default=None)
     p.add_argument("--decision-steps", type=int, default=None)
@@ -56,7 +57,7 @@ def train_sft(args) -> int:
     parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
     data = Path(args.data[0])
     if parallel.is_main and not any(data.glob("*.npz")):
-        record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]))
+        record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]), rig=rig_from_args(args))
     parallel.wait()  # the other processes read the data the main one recorded
     report = run(args.data, args.out, args.from_checkpoint or None, cfg, parallel=parallel)
     if parallel.is_main:

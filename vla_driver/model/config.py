@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..core.camera_rig import CameraRig
 from ..core.types import CAMERA_SIZE
 
 
@@ -52,10 +53,35 @@ class VLAConfig:
     num_query_tokens: int = 2
     head_hidden: int = 256
     ego_scale: tuple[float, float, float] = (20.0, 3.0, 0.5)  # divide speed, accel, yaw rate before projection
+    # The cameras the model was trained for (``CameraRig.to_dict()``); None: one top-down image of any size,
+    # as the checkpoints before perspective cameras were trained (resized inside the graph).
+    rig: dict | None = None
+    history: int = 1  # frames per camera, one per decision period (the newest last)
+
+    @classmethod
+    def for_rig(cls, rig: CameraRig, history: int = 1, **fields) -> VLAConfig:
+        """A config whose vision input is the rig's model size (96x128 gives the CNN a 3x4 token grid)."""
+        stride = 2 ** len(VisionConfig.channels)
+        grid = (max(1, rig.model_height // stride), max(1, rig.model_width // stride))
+        vision = VisionConfig(image_height=rig.model_height, image_width=rig.model_width, token_grid=grid)
+        return cls(vision=vision, rig=rig.to_dict(), history=history, **fields)
+
+    @property
+    def camera_rig(self) -> CameraRig | None:
+        return CameraRig.from_dict(self.rig) if self.rig is not None else None
+
+    @property
+    def views(self) -> int:
+        """Images per observation: every camera of the rig times the frames of history (1 without a rig)."""
+        return len(self.rig["cameras"]) * self.history if self.rig is not None else 1
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.vision.token_grid[0] * self.vision.token_grid[1]
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision.token_grid[0] * self.vision.token_grid[1]
+        return self.tokens_per_view * self.views
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,10 +90,12 @@ class VLAConfig:
     def from_dict(cls, d: dict) -> VLAConfig:
         d = dict(d)
         vision = d.pop("vision", {})
+        rig = d.pop("rig", None)
         vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
         return cls(
             llm=TinyLLMConfig(**d.pop("llm", {})),
             lora=LoRAConfig(**d.pop("lora", {})),
             vision=vision,
+            rig=rig,
             **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()},
         )

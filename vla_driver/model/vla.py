@@ -35,6 +35,8 @@ class VLAModel(nn.Module):
         self.spec = TrajectorySpec(cfg.num_waypoints, cfg.waypoint_dt)
         hidden = llm.get_input_embeddings().embedding_dim
         self.vision = build_vision_encoder(cfg.vision, hidden)
+        if cfg.rig is not None:  # which camera and which frame each view is: one learned vector per view
+            self.view_embed = nn.Parameter(torch.zeros(cfg.views, hidden))
         self.ego_proj = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         n_modes = len(vocab.speeds)
         self.traj_head = nn.Sequential(
@@ -65,11 +67,21 @@ class VLAModel(nn.Module):
     def embed_prompt(self, images: torch.Tensor, ego: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the image slots and the ego slot replaced by their projections.
 
-        images: uint8 (B, H, W, 3); ego: (B, 3) speed, accel, yaw rate; input_ids: (B, L) starting with
-        ``num_image_tokens`` image placeholders then one ego placeholder (fixed layout, export-friendly).
+        images: uint8 (B, H, W, 3), or (B, V, H, W, 3) for a rig's V = cameras x frames views (camera-major,
+        each camera's frames oldest first); ego: (B, 3) speed, accel, yaw rate; input_ids: (B, L) starting
+        with ``num_image_tokens`` image placeholders then one ego placeholder (fixed layout, export-friendly).
+        The vision encoder runs once on all B x V images; each view's tokens get that view's embedding.
         """
+        if images.dim() == 5:
+            b, v = images.shape[:2]
+            images = images.reshape(b * v, *images.shape[2:])
+        else:
+            b, v = images.shape[0], 1
         pixels = preprocess_images(images, self.cfg.vision.image_height, self.cfg.vision.image_width)
-        vis = self.vision(pixels)
+        vis = self.vision(pixels)  # (B*V, k, D)
+        if self.cfg.rig is not None:
+            vis = vis.reshape(b, v, vis.shape[1], vis.shape[2]) + self.view_embed[:, None, :]
+        vis = vis.reshape(b, -1, vis.shape[-1])
         ego_tok = self.ego_proj(ego / self.ego_scale).unsqueeze(1)
         text = self.embed_tokens(input_ids[:, vis.shape[1] + 1:])
         return torch.cat([vis.to(text.dtype), ego_tok.to(text.dtype), text], dim=1)

@@ -14,16 +14,17 @@ from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from vla_driver.core.trajectory import KinematicLimits, Trajectory, stop_trajectory
 from vla_driver.core.vocabulary import Decision
 
-from .convert import ObservationAssembler, decision_from_string, trajectory_to_markers, trajectory_to_path
+from .camera_set import CameraSet
+from .convert import decision_from_string, trajectory_to_markers, trajectory_to_path
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
+from .inputs import ObservationAssembler
 from .params import declare_params, param, require_positive
 from .spin import spin_standalone
 
@@ -64,7 +65,8 @@ class ActionNode(HotSwap, Node):
         self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
         self.on_trajectory = on_trajectory
         self.default_decision = self._default_decision(self.policy)
-        self.inputs = ObservationAssembler(self.params.default_navigation)
+        self.inputs = ObservationAssembler(self.params.default_navigation,
+                                           CameraSet(self.policy.rig, self.params.camera_slop_s))
         self.decision: tuple[Decision, float] | None = None
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_planned_stamp = None
@@ -78,8 +80,8 @@ class ActionNode(HotSwap, Node):
         self.create_subscription(String, "navigation", guard("navigation", self.inputs.on_navigation), 10)
         self.create_subscription(String, "decision", guard("decision", self._on_decision), 10)
         # Own group for the camera: a long plan must not hold back new images (they would look stale).
-        self.create_subscription(Image, "image", guard("image", self._on_image), qos_profile_sensor_data,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.inputs.cameras.subscribe(self, guard, qos_profile_sensor_data, self._on_frame,
+                                      callback_group=MutuallyExclusiveCallbackGroup())
         self.path_publisher = self.create_publisher(Path, "trajectory", 10)
         self.marker_publisher = self.create_publisher(MarkerArray, "trajectory_markers", 10)
         self.create_timer(1.0 / self.params.rate_hz, self._on_timer, MutuallyExclusiveCallbackGroup())
@@ -99,8 +101,7 @@ class ActionNode(HotSwap, Node):
         except Exception as e:  # noqa: BLE001 - a real failure shows up again, with a diagnostic, per cycle
             self.get_logger().warn(f"warm-up plan failed: {e!r}")
 
-    def _on_image(self, msg: Image) -> None:
-        self.inputs.on_image(msg)
+    def _on_frame(self, camera: str) -> None:
         if self.params.plan_on_image:
             with self._planning:  # waits for a running timer cycle, then plans this image if still new
                 self.cycle()
@@ -160,6 +161,9 @@ class ActionNode(HotSwap, Node):
         level, message = OK, f"{decision.speed}, {decision.path}"
         if is_default:
             level, message = WARN, f"no decision within {self.params.decision_timeout_s} s: default {message}"
+        lagging = self.inputs.cameras.lagging()
+        if lagging:
+            level, message = WARN, f"{' and '.join(lagging)} lagging; {message}"
         if problems:
             traj = traj.clip_to_limits(obs.speed, self.limits)
         clipped = sorted(set(problems) | set(getattr(self.policy, "last_plan_violations", ())))

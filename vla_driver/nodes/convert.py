@@ -13,9 +13,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from vla_driver.core.ego import filtered_accel
 from vla_driver.core.trajectory import Trajectory, TrajectorySpec
-from vla_driver.core.types import DecisionResult, Observation
+from vla_driver.core.types import DecisionResult
 from vla_driver.core.vocabulary import AnswerError, Decision, DecisionVocabulary
 
 
@@ -73,11 +72,25 @@ def image_to_rgb(msg: Image, expected_hw: tuple[int, int] | None = None) -> np.n
         raise BadMessage("wrong_size", f"image is {h}x{w}, expected {expected_hw[0]}x{expected_hw[1]}")
     if msg.step < w * channels:
         raise BadMessage("wrong_size", f"step {msg.step} < width {w} x {channels} bytes")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
+    data = np.frombuffer(msg.data, dtype=np.uint8)  # a view of the message's buffer: no copy
     if data.size != msg.step * h:
         raise BadMessage("wrong_size", f"{data.size} bytes, expected step {msg.step} x height {h}")
     pixels = data.reshape(h, msg.step)[:, : w * channels].reshape(h, w, channels)
-    return np.ascontiguousarray(pixels[:, :, list(order)])
+    return _reorder_channels(pixels, order)
+
+
+def _reorder_channels(pixels: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """A new contiguous (H, W, 3) uint8 array whose channel i is ``pixels[:, :, order[i]]``.
+
+    The one copy a decode makes: one strided copy per output channel (an 800x600 bgra8 frame in ~0.5 ms;
+    fancy indexing ``pixels[:, :, [2, 1, 0]]`` took ~2 ms, a Python loop over pixels seconds). rgb8 input is
+    copied as it is."""
+    if tuple(order) == (0, 1, 2) and pixels.shape[2] == 3:
+        return pixels.copy()
+    out = np.empty((*pixels.shape[:2], 3), dtype=np.uint8)
+    for i, channel in enumerate(order):
+        out[:, :, i] = pixels[:, :, channel]
+    return out
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: float, frame_id: str = "camera") -> Image:
@@ -127,52 +140,6 @@ def state_to_odometry(state: EgoState, frame_id: str = "map", child_frame_id: st
     msg.twist.twist.linear.x = float(state.speed)
     msg.twist.twist.angular.z = float(state.yaw_rate)
     return msg
-
-
-class ObservationAssembler:
-    """Keeps the latest camera, odometry and navigation messages and turns them into an Observation.
-
-    Each ``on_*`` method decodes one message (raising :class:`BadMessage`) and swaps in the new value
-    as one reference, so callbacks on other executor threads never see half an update.
-    """
-
-    def __init__(self, default_navigation: str = "", expected_hw: tuple[int, int] | None = None):
-        self.expected_hw = expected_hw
-        self.image: tuple[np.ndarray, float] | None = None  # (rgb, stamp)
-        self.ego: tuple[EgoState, float] | None = None  # (state, filtered accel)
-        self.navigation = default_navigation
-
-    def on_image(self, msg: Image) -> None:
-        self.image = (image_to_rgb(msg, self.expected_hw), stamp_to_seconds(msg.header.stamp))
-
-    def on_odometry(self, msg: Odometry) -> None:
-        state, accel = odometry_to_state(msg), 0.0
-        if self.ego is not None:
-            prev, prev_accel = self.ego
-            accel = filtered_accel(prev_accel, prev.speed, state.speed, state.stamp - prev.stamp)
-        self.ego = (state, accel)
-
-    def on_navigation(self, msg: String) -> None:
-        text = msg.data.strip()
-        if not text:
-            raise BadMessage("empty_navigation", "navigation instruction is empty")
-        self.navigation = text
-
-    def ages(self, now: float) -> dict[str, float | None]:
-        """Seconds since each input's stamp (None = never received); clamped at 0 for clock skew."""
-        image, ego = self.image, self.ego
-        return {
-            "image": None if image is None else max(0.0, now - image[1]),
-            "odom": None if ego is None else max(0.0, now - ego[0].stamp),
-        }
-
-    def observation(self) -> Observation:
-        """The latest inputs as one Observation stamped with the image time; needs image and odometry."""
-        (rgb, stamp), (state, accel) = self.image, self.ego
-        return Observation(
-            image=rgb, speed=state.speed, navigation=self.navigation, accel=accel,
-            yaw_rate=state.yaw_rate, stamp=stamp,
-        )
 
 
 # --- trajectory -------------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from .convert import ObservationAssembler, decision_to_string
-from .diagnostics import ERROR, OK, NodeDiagnostics
+from .camera_set import CameraSet
+from .convert import decision_to_string
+from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
+from .inputs import ObservationAssembler
 from .params import declare_params, param, require_positive
 from .spin import spin_standalone
 
@@ -42,7 +43,8 @@ class DecisionNode(HotSwap, Node):
         self.params = declare_params(self, DecisionParams)
         self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
         self.on_decision = on_decision
-        self.inputs = ObservationAssembler(self.params.default_navigation)
+        self.inputs = ObservationAssembler(self.params.default_navigation,
+                                           CameraSet(self.policy.rig, self.params.camera_slop_s))
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_stamp = None
         try:
@@ -52,7 +54,7 @@ class DecisionNode(HotSwap, Node):
         self.enable_hot_swap(self._warm_up_policy)
 
         guard = self.diagnostics.guard
-        self.create_subscription(Image, "image", guard("image", self.inputs.on_image), qos_profile_sensor_data)
+        self.inputs.cameras.subscribe(self, guard, qos_profile_sensor_data)
         self.create_subscription(Odometry, "odom", guard("odom", self.inputs.on_odometry), 10)
         self.create_subscription(String, "navigation", guard("navigation", self.inputs.on_navigation), 10)
         self.publisher = self.create_publisher(String, "decision", 10)
@@ -93,7 +95,9 @@ class DecisionNode(HotSwap, Node):
         if self.on_decision is not None:
             self.on_decision(msg.data)
         self.diagnostics.cycle_done(result.latency_ms)
-        self.diagnostics.set_status(OK, f"{result.decision.speed}, {result.decision.path}")
+        lagging = self.inputs.cameras.lagging()
+        level, message = (WARN, f"{' and '.join(lagging)} lagging; ") if lagging else (OK, "")
+        self.diagnostics.set_status(level, f"{message}{result.decision.speed}, {result.decision.path}")
 
 
 def main(args=None) -> None:

@@ -28,6 +28,11 @@ class ModelParams:
 
     checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
     backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
+    camera_slop_s: float = param(0.05, "cameras of a rig whose newest frames lie further apart than this (s) form no set; WARN names the late one")
+
+
+def rig_name(rig) -> str:
+    return f"the {rig.name} rig" if rig is not None else "the top-down view"
 
 
 def load_policy(checkpoint: str, backend: str):
@@ -72,6 +77,9 @@ class HotSwap:
     def _load(self, checkpoint: str, request: int) -> None:
         try:
             policy = load_policy(checkpoint, self.params.backend)
+            if policy.rig != self.policy.rig:
+                raise ValueError(f"it drives from {rig_name(policy.rig)}; this node subscribes to the cameras of "
+                                 f"{rig_name(self.policy.rig)} (restart the node to change cameras)")
             self._swap_warm_up(policy)
         except Exception as e:  # noqa: BLE001 - any load failure keeps the running policy
             self.diagnostics.count("swap_errors")

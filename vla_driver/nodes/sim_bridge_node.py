@@ -22,14 +22,16 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from vla_driver.core.camera_rig import load_rig
 from vla_driver.core.metrics import EpisodeResult
 from vla_driver.core.types import CAMERA_SIZE
 from vla_driver.sim.highway import DrivingSim
 from vla_driver.sim.scenarios import SCENARIOS
 
+from .camera_set import LEGACY_CAMERA, camera_topic
 from .convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
@@ -47,6 +49,7 @@ class SimBridgeParams:
     image_width: int = param(CAMERA_SIZE[1], "camera image width (pixels)")
     image_height: int = param(CAMERA_SIZE[0], "camera image height (pixels)")
     step_timeout_s: float = param(1.0, "wall seconds to wait for a cycle's cmd_vel before a missed cycle; 0 = forever")
+    rig: str = param("", "cameras to render and publish (a preset of config/rigs or a rig YAML); empty = the top-down view on image")
 
     def __post_init__(self):
         require_positive(self, "control_hz", "image_width", "image_height")
@@ -65,8 +68,9 @@ class SimBridgeNode(Node):
         p = self.params = declare_params(self, SimBridgeParams)
         if p.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {p.scenario!r}; choose from {sorted(SCENARIOS)}")
+        self.rig = load_rig(p.rig) if p.rig else None
         self.sim = DrivingSim(p.scenario, seed=p.seed, image_size=(p.image_height, p.image_width),
-                              duration_s=p.duration_s or None, control_hz=p.control_hz)
+                              duration_s=p.duration_s or None, control_hz=p.control_hz, rig=self.rig)
         self.observation = self.sim.observation()  # the constructor has reset the scene with the seed
         self.on_done, self.on_cycle = on_done, on_cycle
         self.frames: list[np.ndarray] | None = [] if record_frames else None
@@ -79,7 +83,11 @@ class SimBridgeNode(Node):
 
         self.diagnostics = NodeDiagnostics(self, backend=f"sim:{p.scenario}")
         self.clock_publisher = self.create_publisher(ClockMsg, "/clock", 10)
-        self.image_publisher = self.create_publisher(Image, "image", 5)
+        # one image (+ camera_info) topic per camera, every frame of a cycle stamped alike
+        names = self.rig.names if self.rig is not None else (LEGACY_CAMERA,)
+        self.image_publishers = [self.create_publisher(Image, camera_topic(n), 5) for n in names]
+        self.camera_infos = [] if self.rig is None else [
+            (self.create_publisher(CameraInfo, f"camera/{n}/camera_info", 5), self._camera_info(n)) for n in names]
         self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
         self.navigation_publisher = self.create_publisher(String, "navigation", LATCHED)
         self.episode_publisher = self.create_publisher(String, "episode", LATCHED)
@@ -96,13 +104,24 @@ class SimBridgeNode(Node):
             self._watchdog = self.create_timer(p.step_timeout_s, self._on_step_timeout, stepping, clock=steady,
                                                autostart=False)
 
+    def _camera_info(self, name: str) -> CameraInfo:
+        """The camera's intrinsics at the size the bridge publishes: the rig's model input size."""
+        cam = self.rig.camera(name)
+        K = self.rig.model_K(cam)
+        info = CameraInfo(width=self.rig.model_width, height=self.rig.model_height, distortion_model="plumb_bob")
+        info.header.frame_id = f"{self.CAMERA_FRAME}_{name}"
+        info.d, info.k = [0.0] * 5, K.ravel().tolist()
+        info.r = np.eye(3).ravel().tolist()
+        info.p = np.hstack([K, np.zeros((3, 1))]).ravel().tolist()
+        return info
+
     @property
     def episode_done(self) -> bool:
         return self._state == "done"
 
     def _graph_ready(self) -> bool:
         """The pipeline is connected: someone consumes the camera and odometry and publishes commands."""
-        return (self.image_publisher.get_subscription_count() > 0
+        return (all(pub.get_subscription_count() > 0 for pub in self.image_publishers)
                 and self.odom_publisher.get_subscription_count() > 0
                 and self.count_publishers(self.resolve_topic_name("cmd_vel")) > 0)
 
@@ -141,7 +160,13 @@ class SimBridgeNode(Node):
         self.odom_publisher.publish(state_to_odometry(ego, self.MAP_FRAME, self.BASE_FRAME))
         if obs.navigation:
             self.navigation_publisher.publish(String(data=obs.navigation))
-        self.image_publisher.publish(rgb_to_image(obs.image, stamp, self.CAMERA_FRAME))
+        images = [obs.image] if self.rig is None else list(obs.image)
+        for k, (publisher, image) in enumerate(zip(self.image_publishers, images, strict=True)):
+            frame = self.CAMERA_FRAME if self.rig is None else f"{self.CAMERA_FRAME}_{self.rig.names[k]}"
+            publisher.publish(rgb_to_image(image, stamp, frame))
+        for publisher, info in self.camera_infos:
+            info.header.stamp = seconds_to_stamp(stamp)
+            publisher.publish(info)
         if self.frames is not None:
             self.frames.append(obs.image)
         self._state, self._cycle_start = "waiting", time.monotonic()

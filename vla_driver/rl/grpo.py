@@ -53,7 +53,7 @@ class DecisionGRPO:
         self.device = self.parallel.device
         model.to(self.device)
         self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
-        self.enc = InputEncoder(model.tokenizer, model.cfg.num_image_tokens, model.cfg.num_query_tokens)
+        self.enc = InputEncoder(model.tokenizer, model.cfg)
         llm = model.llm
         if REFERENCE not in llm.peft_config:
             llm.add_adapter(REFERENCE, lora_config(model.cfg))

@@ -21,10 +21,12 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..core.camera_rig import CameraRig
 from ..core.types import Observation
 from ..core.vocabulary import Decision
 from ..model.build import build_model, copy_adapter
 from ..model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from ..model.config import VLAConfig
 from ..model.inputs import InputEncoder
 from ..sim.shards import load_dataset
 from .curves import save_curves
@@ -72,7 +74,7 @@ class SFTTrainer:
         self.model, self.data, self.cfg = model, data, cfg or SFTConfig()
         self.parallel = parallel or DataParallel()
         self.device = self.parallel.device
-        self.enc = InputEncoder(model.tokenizer, model.cfg.num_image_tokens, model.cfg.num_query_tokens)
+        self.enc = InputEncoder(model.tokenizer, model.cfg)
         self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
         self.history: dict[str, list[float]] = {"action_loss": [], "decision_loss": [], "decision_acc": []}
         vocab = model.vocab
@@ -141,8 +143,11 @@ class SFTTrainer:
         """``steps`` optimizer steps with a one-cycle schedule. ``objectives``: (adapter, weight, loss_fn) with
         ``loss_fn(idx) -> (loss, {metric: value})``; each runs with its adapter active and is backpropagated
         before the next one switches adapters (the switch freezes the other adapter's LoRA weights)."""
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
-                                                    total_steps=max(1, steps), pct_start=0.1)
+        if steps >= 20:
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups], total_steps=steps,
+                                                        pct_start=0.1)
+        else:  # a one-cycle warm-up shorter than 2 steps divides by zero inside torch: a constant rate instead
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         bar = tqdm(self.batches(steps), total=steps, desc=f"SFT {name}",
                    disable=not (progress and self.parallel.is_main))
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -195,11 +200,21 @@ class SFTTrainer:
 TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
 
 
+def _rig_name(rig: dict | None) -> str:
+    return f"the {rig['name']} rig" if rig else "the top-down view"
+
+
 def load_training_data(data_dirs) -> dict:
-    """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses."""
+    """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses, plus
+    ``rig``: the cameras they were recorded with (None: the top-down view); all must share it."""
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     parts = [load_dataset(d) for d in dirs]
-    return {k: np.concatenate([p[k] for p in parts]) for k in TRAINING_KEYS}
+    rigs = {json.dumps(p["meta"].get("rig"), sort_keys=True) for p in parts}
+    if len(rigs) > 1:
+        raise ValueError(f"the datasets were recorded with different cameras: {sorted(rigs)}")
+    data = {k: np.concatenate([p[k] for p in parts]) for k in TRAINING_KEYS}
+    data["rig"] = parts[0]["meta"].get("rig")
+    return data
 
 
 def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
@@ -210,7 +225,12 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
     cfg = cfg or SFTConfig()
     data = load_training_data(data_dir)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    if model_cfg is None and data["rig"] is not None:  # a new model for the cameras the data was recorded with
+        model_cfg = VLAConfig.for_rig(CameraRig.from_dict(data["rig"]))
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
+    if model.cfg.rig != data["rig"]:
+        raise ValueError(f"the model drives from {_rig_name(model.cfg.rig)}, the data was recorded with "
+                         f"{_rig_name(data['rig'])}")
     if base_checkpoint:  # fine-tuning: keep the decision adapter (and the base it was trained on)
         cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
     elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn

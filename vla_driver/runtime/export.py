@@ -90,7 +90,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 def example_inputs(policy, batch: int = 1):
     """A real observation-shaped example from the model's own encoder (seq length well above 2)."""
     rng = np.random.default_rng(0)
-    obs = [Observation(rng.integers(0, 255, (*CAMERA_SIZE, 3), dtype=np.uint8), 8.0 + i, "Go straight for 100m")
+    cfg = policy.model.cfg
+    shape = (*CAMERA_SIZE, 3) if cfg.rig is None else (cfg.views, cfg.vision.image_height, cfg.vision.image_width, 3)
+    obs = [Observation(rng.integers(0, 255, shape, dtype=np.uint8), 8.0 + i, "Go straight for 100m")
            for i in range(batch)]
     enc = policy.encoder
     dec_ids, dec_len = enc.pad(enc.decision_rows(obs))
@@ -98,17 +100,21 @@ def example_inputs(policy, batch: int = 1):
     return enc.images(obs), enc.ego(obs), (dec_ids, dec_len), (act_ids, act_len)
 
 
-def _image_specs(max_batch: int, cfg) -> tuple[dict, dict]:
-    inputs = {
-        "images": TensorSpec("uint8", ("batch", "height", "width", 3), (0, 255)),
-        "ego": TensorSpec("float32", ("batch", 3), (0, 20)),
-    }
-    profiles = {
-        "images": ((1, cfg.vision.image_height, cfg.vision.image_width, 3), (1, cfg.vision.image_height, cfg.vision.image_width, 3),
-                   (max_batch, 720, 1280, 3)),
-        "ego": ((1, 3), (1, 3), (max_batch, 3)),
-    }
-    return inputs, profiles
+def _image_specs(max_batch: int, cfg) -> tuple[dict, dict, dict]:
+    """Inputs, TensorRT profiles and ONNX dynamic axes of the images: without a rig one image of any size
+    (resized in the graph); with one, (batch, views, h, w, 3) at the model's size (fitted before the graph)."""
+    h, w = cfg.vision.image_height, cfg.vision.image_width
+    if cfg.rig is None:
+        images = TensorSpec("uint8", ("batch", "height", "width", 3), (0, 255))
+        profile = ((1, h, w, 3), (1, h, w, 3), (max_batch, 720, 1280, 3))
+        axes = {0: "batch", 1: "height", 2: "width"}
+    else:
+        images = TensorSpec("uint8", ("batch", cfg.views, h, w, 3), (0, 255))
+        profile = ((1, cfg.views, h, w, 3), (1, cfg.views, h, w, 3), (max_batch, cfg.views, h, w, 3))
+        axes = {0: "batch"}
+    inputs = {"images": images, "ego": TensorSpec("float32", ("batch", 3), (0, 20))}
+    profiles = {"images": profile, "ego": ((1, 3), (1, 3), (max_batch, 3))}
+    return inputs, profiles, {"images": axes, "ego": {0: "batch"}}
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch: int = 8,
@@ -123,13 +129,12 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
     cfg, vocab = model.cfg, model.vocab
     s, p, n = len(vocab.speeds), len(vocab.paths), cfg.num_waypoints
     vocab_size = len(model.tokenizer)
-    img_inputs, img_profiles = _image_specs(max_batch, cfg)
+    img_inputs, img_profiles, img_axes = _image_specs(max_batch, cfg)
     seq_inputs = {
         "input_ids": TensorSpec("int64", ("batch", "seq"), (0, vocab_size - 1)),
         "lengths": TensorSpec("int64", ("batch",), (2, 2)),
     }
-    dyn = {"images": {0: "batch", 1: "height", 2: "width"}, "ego": {0: "batch"}, "input_ids": {0: "batch", 1: "seq"},
-           "lengths": {0: "batch"}}
+    dyn = {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "lengths": {0: "batch"}}
     specs = []
     for name, adapter, wrapper, ids, lengths, out_name, out_shape, min_seq in (
         ("decision_scorer", "decision", DecisionScorer, dec_ids, dec_len, "log_probs", ("batch", s, p), dec_len.min()),
@@ -148,14 +153,15 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
                                adapter).validate())
         log.info("exported %s in %.1f s", name, time.perf_counter() - start)
     specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
-                             max_batch, max_seq, img_inputs, img_profiles)
+                             max_batch, max_seq, img_inputs, img_profiles, img_axes)
     for spec in specs:
         spec.exporter = exporter_id()
     save_graph_specs(specs, out_dir / SPEC_FILE)
     return specs
 
 
-def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_seq, img_inputs, img_profiles):
+def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_seq, img_inputs, img_profiles,
+                    img_axes):
     merged = model.merged_copy("decision")
     llm = merged.llm
     cfg = llm.config
@@ -166,8 +172,7 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
 
     path = out_dir / "prompt_embedder.onnx"
     _export(PromptEmbedder(merged), (images, ego, ids), path, ["images", "ego", "input_ids"], ["inputs_embeds"],
-            {"images": {0: "batch", 1: "height", 2: "width"}, "ego": {0: "batch"},
-             "input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}})
+            {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}})
     specs.append(GraphSpec(
         "prompt_embedder", path.name,
         {**img_inputs, "input_ids": TensorSpec("int64", ("batch", "seq"), (0, len(model.tokenizer) - 1))},

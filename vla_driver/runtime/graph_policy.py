@@ -23,7 +23,8 @@ class GraphPolicy:
         self.runners, self.vocab, self.spec, self.limits = runners, vocab, spec, limits
         self.backend_name, self.model_version = backend_name, model_version
         self.tokenizer = tokenizer
-        self.encoder = InputEncoder(tokenizer, cfg.num_image_tokens, cfg.num_query_tokens)
+        self.encoder = InputEncoder(tokenizer, cfg)
+        self.rig = cfg.camera_rig  # the cameras it drives from (None: the top-down view)
         self.max_reasoning_tokens = max_reasoning_tokens
         self.last_plan_violations: list[str] = []
         self._token_embeddings = None

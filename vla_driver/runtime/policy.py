@@ -23,7 +23,8 @@ class TorchPolicy:
         self.model = model.eval()
         self.vocab, self.spec = model.vocab, model.spec
         self.model_version = getattr(model, "model_version", "untracked")
-        self.encoder = InputEncoder(model.tokenizer, model.cfg.num_image_tokens, model.cfg.num_query_tokens)
+        self.encoder = InputEncoder(model.tokenizer, model.cfg)
+        self.rig = model.cfg.camera_rig  # the cameras it drives from (None: the top-down view)
         self.limits = limits
         self.max_reasoning_tokens = max_reasoning_tokens
         self.last_plan_violations: list[str] = []

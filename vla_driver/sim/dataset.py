@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..core.camera_rig import CameraRig
 from ..core.control import PurePursuitPID
 from ..core.trajectory import TrajectorySpec, future_poses_to_ego
 from ..core.types import CAMERA_SIZE
@@ -127,19 +128,24 @@ def _record_dagger_episode(sim: DrivingSim, expert: ExpertPolicy, driver, seed: 
 def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary | None = None,
                           spec: TrajectorySpec = TrajectorySpec(), image_size=CAMERA_SIZE, frame_hz: float = 2.0,
                           perturb_prob: float = 0.05, progress: bool = True, driver=None,
-                          expert_share: float = 0.3) -> dict:
+                          expert_share: float = 0.3, rig: CameraRig | None = None,
+                          randomize_appearance: bool = True) -> dict:
     """Drive the expert on every (scenario, seed) and write one shard per episode into ``out_dir``;
     returns the manifest (also written as ``meta.json``). With ``driver`` (a policy), record DAgger data
-    instead: the policy drives and the expert labels (see ``_record_dagger_episode``)."""
+    instead: the policy drives and the expert labels (see ``_record_dagger_episode``). ``rig``: the cameras
+    recorded (default: the driver's; none: the top-down view), each episode in its own appearance unless
+    ``randomize_appearance`` is off."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = vocab or DecisionVocabulary.preset("alphadrive")
     scenarios, seeds = list(scenarios), [int(s) for s in seeds]
     rng = np.random.default_rng(seeds[0] if seeds else 0)
+    rig = rig if rig is not None else getattr(driver, "rig", None)
     shards, total = [], 0
     with tqdm(total=len(scenarios) * len(seeds), desc="record expert", disable=not progress) as bar:
         for scenario in scenarios:
-            sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size)
+            sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size, rig=rig,
+                             randomize_appearance=randomize_appearance)
             expert = ExpertPolicy(sim, vocab, spec, decision_hz=frame_hz)
             for seed in seeds:
                 if driver is None:
@@ -157,6 +163,8 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
     meta = {"format": "vla_driver.expert_dataset/1", "vocabulary": vocab.to_dict(), "trajectory": spec.to_dict(),
             "image_size": list(image_size), "frame_hz": frame_hz, "perturb_prob": perturb_prob,
             "scenarios": scenarios, "seeds": seeds, "samples": total, "shards": shards,
-            "driver": getattr(driver, "model_version", None), "expert_share": expert_share if driver else None}
+            "driver": getattr(driver, "model_version", None), "expert_share": expert_share if driver else None,
+            "rig": rig.to_dict() if rig is not None else None,
+            "randomize_appearance": randomize_appearance if rig is not None else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta

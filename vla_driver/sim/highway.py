@@ -31,9 +31,11 @@ import highway_env  # noqa: E402, F401  (registers the environments)
 from gymnasium.envs.registration import load_env_creator  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
+from ..core.camera_rig import CameraRig  # noqa: E402
 from ..core.metrics import EpisodeResult  # noqa: E402
 from ..core.trajectory import wrap_angle  # noqa: E402
 from ..core.types import CAMERA_SIZE, Observation  # noqa: E402
+from .camera_render import Appearance, CameraRenderer  # noqa: E402
 from .episode import DEVIATION_M, EpisodeState, StepInfo, episode_result, update_termination  # noqa: E402
 from .route import HIGHWAY_ROUTE_M, Route, build_route, navigation_text  # noqa: E402
 from .scenarios import DEFAULT_DURATION_S, SCENARIOS  # noqa: E402
@@ -82,7 +84,10 @@ class DrivingSim:
     """One highway-env scene stepped at ``control_hz`` by (speed command, yaw-rate command)."""
 
     def __init__(self, scenario: str, seed: int = 0, image_size=CAMERA_SIZE, duration_s: float | None = None,
-                 control_hz: float = 10.0):
+                 control_hz: float = 10.0, rig: CameraRig | None = None, randomize_appearance: bool = False):
+        """``rig``: the car's cameras, rendered in 3D at the rig's model input size; without one the camera
+        is the top-down debugging view at ``image_size``. ``randomize_appearance``: colours, markings, light
+        and a small camera height/pitch jitter drawn per episode from its seed (training data)."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {sorted(SCENARIOS)}")
         if len(image_size) != 2 or min(int(image_size[0]), int(image_size[1])) < 16:
@@ -96,6 +101,8 @@ class DrivingSim:
         self.dt = 1.0 / self.control_hz
         self.duration_s = float(duration_s) if duration_s else DEFAULT_DURATION_S[scenario]
         self._camera = None
+        self.rig, self.randomize_appearance = rig, bool(randomize_appearance)
+        self._renderer: CameraRenderer | None = None
         env_class = _quiet_env_class(SCENARIOS[scenario])
         self._set_idm_parameters()
         self._env = env_class(config=self._config(), render_mode="rgb_array")
@@ -169,6 +176,9 @@ class DrivingSim:
             self.route.end = self.route.start + HIGHWAY_ROUTE_M
         self._state = EpisodeState(progress=self.route.start, checkpoint_progress=self.route.start,
                                     speeds=[float(self.vehicle.speed)])
+        if self.rig is not None:
+            self.cameras().set_appearance(Appearance.sample(np.random.default_rng([self.seed, 11]))
+                                          if self.randomize_appearance else Appearance.default())
         return self.observation()
 
     # ------------------------------------------------------------------ sensing
@@ -181,14 +191,32 @@ class DrivingSim:
         """Route instruction as a driver would hear it, distances rounded to 5 m."""
         return navigation_text(self.scenario, self.route, self._state.progress)
 
-    def render(self) -> np.ndarray:
+    def cameras(self) -> CameraRenderer:
+        if self._renderer is None:
+            self._renderer = CameraRenderer(self.rig)
+        return self._renderer
+
+    def render_topdown(self) -> np.ndarray:
+        """The ego-aligned map view: a debugging picture, no car's camera."""
         if self._camera is None:
             self._camera = TopDownCamera(self.image_size)
         return self._camera.render(self._env.road, self.vehicle)
 
+    def render(self) -> np.ndarray:
+        """What the policy sees: (cameras, h, w, 3) at the rig's model size, or the top-down view."""
+        if self.rig is None:
+            return self.render_topdown()
+        views = self.cameras().render_model_inputs(self._env.road, self.vehicle)
+        return np.stack([views[name] for name in self.rig.names])
+
     def observation(self, render: bool = True) -> Observation:
-        """Camera image + ego state; ``render=False`` gives a black image (for policies that ignore it)."""
-        image = self.render() if render else np.zeros((*self.image_size, 3), dtype=np.uint8)
+        """Camera image(s) + ego state; ``render=False`` gives black images (for policies that ignore them)."""
+        if render:
+            image = self.render()
+        elif self.rig is None:
+            image = np.zeros((*self.image_size, 3), dtype=np.uint8)
+        else:
+            image = np.zeros((len(self.rig.cameras), self.rig.model_height, self.rig.model_width, 3), np.uint8)
         return Observation(image=image, speed=float(self.vehicle.speed), navigation=self.navigation(),
                            accel=self._state.accel, yaw_rate=self._state.yaw_rate, stamp=self._state.time)
 
@@ -273,3 +301,6 @@ class DrivingSim:
     def close(self) -> None:
         self._env.close()
         self._camera = None
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

@@ -1,0 +1,88 @@
+"""The model nodes with a camera rig: one synchronised set per instant, a camera that stops or sends another
+resolution is named, and the action node falls back and recovers as for a missing image."""
+import time
+
+import numpy as np
+import pytest
+import test_nodes
+from diagnostic_msgs.msg import DiagnosticStatus
+from sensor_msgs.msg import Image
+from test_nodes import action_node, is_stop, planned
+
+from vla_driver.core.camera_rig import load_rig
+from vla_driver.model.build import build_random_checkpoint
+from vla_driver.model.config import VLAConfig
+from vla_driver.nodes.camera_set import CameraSet, camera_topic
+from vla_driver.nodes.convert import BadMessage, rgb_to_image
+from vla_driver.runtime.loading import load_policy
+
+pytestmark = pytest.mark.usefixtures("node_threads")
+harness = test_nodes.harness  # the same fixture: drivers and listeners on a Context of their own
+RIG = load_rig("front3")
+
+
+@pytest.fixture(scope="module")
+def rig_policy(tmp_path_factory):
+    ckpt = build_random_checkpoint(tmp_path_factory.mktemp("rig") / "front3", seed=0, cfg=VLAConfig.for_rig(RIG))
+    return load_policy(ckpt, backend="torch")
+
+
+def frame(h: int, w: int, stamp: float, seed: int = 0):
+    return rgb_to_image(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8), stamp)
+
+
+def test_a_set_forms_only_when_every_camera_is_within_the_slop_and_a_late_camera_is_named():
+    cams = CameraSet(RIG, slop_s=0.05)
+    h, w = RIG.model_height, RIG.model_width
+    cams.on_frame("front", frame(h, w, 10.00))
+    cams.on_frame("front_left", frame(h, w, 10.01))
+    assert cams.synced is None  # front_right has sent nothing yet
+    cams.on_frame("front_right", frame(h, w, 10.02))
+    image, stamp = cams.synced
+    assert image.shape == (3, h, w, 3) and stamp == pytest.approx(10.02)
+    cams.on_frame("front", frame(h, w, 10.30))
+    cams.on_frame("front_right", frame(h, w, 10.31))
+    assert cams.synced[1] == pytest.approx(10.02)  # front_left is 0.3 s behind: no new set
+    assert cams.lagging() == ["camera_front_left"]
+    assert cams.ages(10.5)["camera_front_left"] == pytest.approx(0.49)
+
+
+def test_a_camera_at_another_resolution_is_refused_with_the_reason():
+    cams = CameraSet(RIG)
+    native = RIG.camera("front")
+    cams.on_frame("front", frame(native.height, native.width, 1.0))  # native size: accepted
+    with pytest.raises(BadMessage, match=r"camera front sends 640x480; the front3 rig has 1600x900"):
+        cams.on_frame("front", frame(480, 640, 1.1))
+
+
+def test_three_cameras_through_rclpy_one_stops_fallback_names_it_and_driving_recovers(harness, rig_policy):
+    pubs = {n: harness.node.create_publisher(Image, camera_topic(n), 5) for n in RIG.names}
+    silent: set[str] = set()
+
+    def cameras(stamp: float) -> None:
+        for n, pub in pubs.items():
+            if n not in silent:
+                pub.publish(frame(RIG.model_height, RIG.model_width, stamp, seed=len(n)))
+
+    action = action_node(harness, rig_policy)
+    assert harness.drive_until(lambda: planned(harness.trajectories()), image=False, also=cameras)
+    start, t_stop = len(harness.messages("trajectory")), time.monotonic()
+    silent.add("front_left")
+    assert harness.drive_until(lambda: any(is_stop(t) for t, _ in harness.trajectories(start)), image=False,
+                               also=cameras)
+    assert harness.drive_until(lambda: any(s.level == DiagnosticStatus.ERROR and "camera_front_left" in s.message
+                                           for s in harness.diagnostics("action_node", since=t_stop)),
+                               image=False, also=cameras)
+    assert action.diagnostics.counters["fallback_stale_input"] > 0
+    silent.clear()
+    back = len(harness.messages("trajectory"))
+    assert harness.drive_until(lambda: planned(harness.trajectories(back)), image=False, also=cameras)
+
+    t_bad = time.monotonic()
+    pubs["front"].publish(frame(480, 640, harness.now()))
+
+    def rejected() -> list[str]:
+        return [kv.value for s in harness.diagnostics("action_node", since=t_bad) for kv in s.values
+                if kv.key == "last_rejected"]
+
+    assert harness.drive_until(lambda: any("camera_front: wrong_resolution" in v for v in rejected()), image=False)

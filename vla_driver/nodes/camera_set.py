@@ -1,0 +1,101 @@
+"""A synchronised set of camera frames from a rig: the model sees every camera of one instant or nothing.
+
+Approximate-time policy: each camera's newest frame is kept; a set is formed when the newest frames of all
+cameras lie within ``slop_s`` of each other, stamped with the newest. A camera whose frame trails the
+others by more than ``slop_s`` lags (the node says which); one that stops goes stale past the node's
+``max_input_age_s`` and the node falls back as for a missing image. Without a rig there is one camera,
+``image``, as the top-down models were trained.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from vla_driver.core.camera_rig import CameraRig, fit_to_model
+
+from .convert import BadMessage, image_to_rgb, stamp_to_seconds
+
+LEGACY_CAMERA = "image"
+
+
+def camera_topic(name: str) -> str:
+    """The topic a rig camera's frames arrive on (relative: launch files remap it to the car's camera)."""
+    return LEGACY_CAMERA if name == LEGACY_CAMERA else f"camera/{name}/image_raw"
+
+
+class CameraSet:
+    def __init__(self, rig: CameraRig | None = None, slop_s: float = 0.05):
+        self.rig, self.slop_s = rig, float(slop_s)
+        self.names = rig.names if rig is not None else (LEGACY_CAMERA,)
+        self.latest: dict[str, tuple[np.ndarray, float]] = {}
+        self.synced: tuple[np.ndarray, float] | None = None  # (image, or (cameras, h, w, 3) stack; stamp)
+
+    def handler(self, name: str) -> Callable[[Image], None]:
+        """The subscription callback of camera ``name``."""
+        return lambda msg: self.on_frame(name, msg)
+
+    def sizes(self, name: str) -> tuple[tuple[int, int], ...]:
+        """(H, W) accepted from camera ``name``: its native size, or already the model's input size."""
+        if self.rig is None:
+            return ()
+        cam = self.rig.camera(name)
+        return (cam.height, cam.width), (self.rig.model_height, self.rig.model_width)
+
+    def on_frame(self, name: str, msg: Image) -> None:
+        """Decode one frame (BadMessage names what is wrong with it) and form a set if all cameras agree."""
+        allowed = self.sizes(name)
+        if allowed and (msg.height, msg.width) not in allowed:
+            (h, w), (mh, mw) = allowed
+            raise BadMessage("wrong_resolution", f"camera {name} sends {msg.width}x{msg.height}; the "
+                                                 f"{self.rig.name} rig has {w}x{h} there (or the model's {mw}x{mh})")
+        self.latest[name] = (image_to_rgb(msg), stamp_to_seconds(msg.header.stamp))
+        self._assemble()
+
+    def _assemble(self) -> None:
+        latest = self.latest
+        if len(latest) < len(self.names):
+            return
+        stamps = [latest[n][1] for n in self.names]
+        if max(stamps) - min(stamps) > self.slop_s:
+            return
+        if self.rig is None:
+            self.synced = latest[LEGACY_CAMERA]
+            return
+        frames = [latest[n][0] for n in self.names]
+        shapes = {f.shape for f in frames}
+        image = np.stack(frames) if len(shapes) == 1 else _same_size(frames, self.rig)
+        self.synced = (image, max(stamps))
+
+    def ages(self, now: float) -> dict[str, float | None]:
+        """Seconds since each camera's newest frame (None = never received), clamped at 0."""
+        return {self.key(n): None if n not in self.latest else max(0.0, now - self.latest[n][1]) for n in self.names}
+
+    def lagging(self) -> list[str]:
+        """Cameras whose newest frame trails the newest of the others by more than the slop."""
+        if len(self.latest) < 2:
+            return []
+        newest = max(stamp for _, stamp in self.latest.values())
+        return [self.key(n) for n in self.names if n in self.latest and newest - self.latest[n][1] > self.slop_s]
+
+    @staticmethod
+    def key(name: str) -> str:
+        """How a camera is named in diagnostics: ``image`` without a rig, else ``camera_<name>``."""
+        return name if name == LEGACY_CAMERA else f"camera_{name}"
+
+    def subscribe(self, node, guard, qos, callback=None, **kwargs) -> None:
+        """One subscription per camera on ``node``; ``guard`` (NodeDiagnostics.guard) rejects bad frames with a
+        diagnostic; ``callback(name)`` runs after each accepted frame."""
+        for name in self.names:
+            def on_frame(msg, name=name):
+                self.on_frame(name, msg)
+                if callback is not None:
+                    callback(name)
+            node.create_subscription(Image, camera_topic(name), guard(self.key(name), on_frame), qos, **kwargs)
+
+
+def _same_size(frames: list[np.ndarray], rig: CameraRig) -> np.ndarray:
+    """Frames of mixed native and model sizes: all at the model's size (the encoder fits native ones)."""
+    size = (rig.model_height, rig.model_width)
+    return np.stack([f if f.shape[:2] == size else fit_to_model(f, rig) for f in frames])
