@@ -200,3 +200,15 @@ def test_renders_the_same_in_worker_processes(method):
     here = _render_in_worker(("roundabout", 3))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
         assert pool.submit(_render_in_worker, ("roundabout", 3)).result(timeout=120) == here
+
+
+def test_bent_lanes_are_drawn_where_highway_env_puts_them():
+    """SineLane (merge ramp, roundabout approaches) subclasses StraightLane: it must not be drawn straight."""
+    from highway_env.road.lane import SineLane
+
+    from vla_driver.sim.camera_render import _positions
+
+    lane = SineLane([0.0, 0.0], [100.0, 0.0], amplitude=3.0, pulsation=0.1, phase=0.0)
+    s, lat = np.linspace(0.0, 100.0, 21), np.full(21, 1.0)
+    expected = np.array([lane.position(a, b) for a, b in zip(s, lat, strict=True)])
+    assert np.abs(_positions(lane, s, lat)[:, :2] - expected).max() < 1e-9

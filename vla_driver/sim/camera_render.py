@@ -167,14 +167,15 @@ def _strip(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def _samples(lane, start: float, end: float) -> np.ndarray:
-    step = STRAIGHT_STEP_M if isinstance(lane, StraightLane) else CURVE_STEP_M
+    step = STRAIGHT_STEP_M if type(lane) is StraightLane else CURVE_STEP_M  # SineLane is a StraightLane too
     n = max(1, math.ceil((end - start) / step))
     return np.linspace(start, end, n + 1)
 
 
 def _positions(lane, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """``lane.position`` for many points; straight lanes (10 km of them on the highway) in one go."""
-    if isinstance(lane, StraightLane):
+    """``lane.position`` for many points; straight lanes (10 km of them on the highway) in one go. Exactly
+    StraightLane: its subclass SineLane (merge ramps, roundabout approaches) bends."""
+    if type(lane) is StraightLane:
         return lane.start + s[:, None] * lane.direction + lat[:, None] * lane.direction_lateral
     return np.array([lane.position(a, b) for a, b in zip(s, lat, strict=True)])
 
