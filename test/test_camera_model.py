@@ -5,6 +5,8 @@ import pytest
 
 from vla_driver.core.camera_rig import fit_to_model, load_rig
 from vla_driver.core.types import Observation
+from vla_driver.experience.reader import MissingTopicError, TopicMap, read_samples
+from vla_driver.harness.record_sim import record_sim
 from vla_driver.model.build import build_random_checkpoint
 from vla_driver.model.checkpoint import read_manifest
 from vla_driver.model.config import VLAConfig
@@ -81,3 +83,14 @@ def test_data_carries_its_rig_and_training_refuses_a_model_for_other_cameras(tmp
         train_sft(tmp_path / "front", tmp_path / "out", base_checkpoint=str(front3_checkpoint),
                   cfg=SFTConfig(action_steps=1, decision_steps=1), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rig_drive_is_logged_one_topic_per_camera_and_read_back_as_camera_sets(tmp_path):
+    bag = record_sim(tmp_path / "drive", "highway", 6.0, "expert", 0, rig=FRONT3, progress=False)
+    samples = read_samples(bag, TopicMap.for_cameras(FRONT3.names), progress=False)
+    assert samples and all(s.image.shape == (3, FRONT3.model_height, FRONT3.model_width, 3) for s in samples)
+    front_only = read_samples(bag, TopicMap.for_cameras(("front",)), progress=False)
+    assert [s.stamp for s in front_only] == [s.stamp for s in samples]
+    assert np.array_equal(front_only[0].image, samples[0].image[1])  # the front camera is the rig's second
+    with pytest.raises(MissingTopicError, match="/camera/image_raw"):
+        read_samples(bag, progress=False)  # a top-down model's map finds no camera of its own

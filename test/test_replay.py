@@ -41,8 +41,9 @@ def second_policy(tiny_checkpoint):
 
 
 def write_independent_bag(path, seconds: float = 5.0, camera_hz: float = 10.0, odom_hz: float = 20.0,
-                          with_camera: bool = True):
-    """A sqlite3 bag made with rosbags alone, under other topic names, header stamps on another clock."""
+                          with_camera: bool = True, encoding: str = "bgr8"):
+    """A sqlite3 bag made with rosbags alone, under other topic names, header stamps on another clock; the
+    car drives straight along x at SPEED (``encoding`` bgr8, or bgra8 as CARLA's cameras send)."""
     store = get_typestore(Stores.ROS2_JAZZY)
     T = store.types
     log0, stamp0 = 1_700_000_000_000_000_000, 100_000_000_000  # bag time vs sensor (header) time
@@ -71,9 +72,11 @@ def write_independent_bag(path, seconds: float = 5.0, camera_hz: float = 10.0, o
             events.append((log0 + round(dt * 1e9), odom, store.serialize_cdr(msg, "nav_msgs/msg/Odometry")))
         for k in range(int(seconds * camera_hz)) if with_camera else ():
             dt = k / camera_hz
-            pixels = rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)
+            channels = 4 if encoding == "bgra8" else 3
+            pixels = rng.integers(0, 255, (64, 128, channels), dtype=np.uint8)
             msg = T["sensor_msgs/msg/Image"](header=header(stamp0 + round(dt * 1e9), "camera"), height=64, width=128,
-                                             encoding="bgr8", is_bigendian=0, step=128 * 3, data=pixels.reshape(-1))
+                                             encoding=encoding, is_bigendian=0, step=128 * channels,
+                                             data=pixels.reshape(-1))
             events.append((log0 + round(dt * 1e9) + 1000, cam, store.serialize_cdr(msg, "sensor_msgs/msg/Image")))
         for t, conn, data in sorted(events, key=lambda e: e[0]):
             writer.write(conn, t, bytes(data))
@@ -139,6 +142,118 @@ def test_independent_sqlite_bag_replays_with_remaps_free_running_and_in_lockstep
     assert set(locked["l2_m"]) == {"l2_1s", "l2_2s", "l2_3s"}
 
 
+def test_a_straight_carla_like_drive_reports_the_plan_against_the_driven_path(tmp_path, tiny_policy):
+    """A bgra8 camera at 20 Hz and odometry at 50 Hz (as CARLA sends them), the car straight on at SPEED: in
+    the ego frame at a frame's time the car was at (SPEED * t, 0) t seconds later, so a plan's error at 3 s
+    is its sixth waypoint minus (3 * SPEED, 0), whatever the (random tiny) model planned."""
+    bag = write_independent_bag(tmp_path / "carla_like", camera_hz=20.0, odom_hz=50.0, encoding="bgra8")
+    result = replay_bag(bag, tmp_path / "out", lockstep=True, remaps={"/front/image": "/camera/image_raw",
+                                                                      "/ego/odom": "/odom"},
+                        policies=(tiny_policy, tiny_policy), domain_id=DOMAIN_ID, frame_timeout_s=FRAME_TIMEOUT_S,
+                        progress=False)
+    r = result.report
+    # every frame played; the action node plans at 10 Hz on every other one (the only frames it is sent)
+    assert r["frames"] == 100 and r["trajectories"] == 50 and r["fallbacks"] == 0 and r["timeouts"] == {}
+
+    plans = {round(stamp, 6): poses for stamp, poses, _ in result.trajectories}
+    last_odom = 100.0 + (5.0 * 50 - 1) / 50  # header time of the last odometry message
+    scored = [plans[round(d["stamp"], 6)] for d in result.decisions if d["stamp"] + 3.0 <= last_odom]
+    lateral = np.array([p[5, 1] for p in scored])  # the driven path has y = 0
+    longitudinal = np.array([p[5, 0] - 3.0 * SPEED for p in scored])
+    off_lane = np.array([np.abs(p[:, 1]).max() > 1.75 for p in scored])
+    assert r["plan_error_samples"] == len(scored) == r["l2_samples"] >= 3
+    lat3, lon3 = r["plan_error_m"]["lateral"]["3s"], r["plan_error_m"]["longitudinal"]["3s"]
+    assert lat3["median"] == pytest.approx(np.median(lateral), abs=1e-3)
+    assert lat3["mean_abs"] == pytest.approx(np.abs(lateral).mean(), abs=1e-3)
+    assert lat3["median_abs"] == pytest.approx(np.median(np.abs(lateral)), abs=1e-3)
+    assert lat3["p90_abs"] == pytest.approx(np.percentile(np.abs(lateral), 90), abs=1e-3)
+    assert lon3["median"] == pytest.approx(np.median(longitudinal), abs=1e-3)
+    assert r["off_lane_plans"] == int(off_lane.sum()) and r["off_lane_share"] == pytest.approx(off_lane.mean(), abs=1e-4)
+
+    saved = json.loads((result.out_dir / "report.json").read_text())
+    for axis in ("lateral", "longitudinal"):
+        assert set(saved["plan_error_m"][axis]) == {"1s", "2s", "3s"}
+        assert all(set(stats) == {"mean_abs", "median_abs", "p90_abs", "median"} and
+                   all(math.isfinite(v) for v in stats.values()) for stats in saved["plan_error_m"][axis].values())
+    assert saved["lane_half_width_m"] == 1.75 and saved["plan_vs_driven"] == r["plan_vs_driven"]
+    assert "planning_accuracy" in saved and "l2_m" in saved  # the earlier keys stay
+    # report.md shows it first, before the decision metrics
+    md = (result.out_dir / "report.md").read_text()
+    assert md.index("## Plan against the driven path") < md.index("## Planning")
+    assert (f"| 3 s | {lat3['mean_abs']:.2f} m | {lat3['median_abs']:.2f} m | {lat3['p90_abs']:.2f} m "
+            f"| {lat3['median']:+.2f} m |") in md
+    assert f"plans leaving the lane** (|lateral error| > 1.75 m at any waypoint): **{r['off_lane_plans']} of " in md
+
+
+def test_plan_error_is_signed_in_the_ego_frame_and_summarised_by_hand():
+    from vla_driver.core.trajectory import TrajectorySpec, plan_errors_at
+    from vla_driver.harness.replay_scoring import plan_vs_driven
+
+    spec = TrajectorySpec()
+    t = spec.times  # 0.5 ... 3.0 s
+    driven = np.column_stack([SPEED * t, np.zeros(6), np.zeros(6)])  # straight on at 8 m/s
+    drifting = np.column_stack([(SPEED - 0.5) * t, 5.2 * (t / 3.0) ** 2, np.zeros(6)])  # slower, drifting left
+    e = plan_errors_at(drifting, driven, spec)
+    assert e["lateral_3s"] == pytest.approx(5.2) and e["lateral_1s"] == pytest.approx(5.2 / 9)
+    assert e["longitudinal_3s"] == pytest.approx(-1.5) and e["longitudinal_2s"] == pytest.approx(-1.0)
+    assert e["max_abs_lateral"] == pytest.approx(5.2)
+    assert plan_errors_at(drifting * [1, -1, 1], driven, spec)["lateral_3s"] == pytest.approx(-5.2)  # right
+
+    samples = [{"lateral_3s": v, "longitudinal_3s": 0.1 * v, "max_abs_lateral": m}
+               for v, m in ((5.2, 5.2), (4.6, 4.6), (-0.6, 1.8), (0.2, 0.3))]
+    figures = plan_vs_driven(samples, lane_half_width_m=1.75)
+    lat = figures["plan_error_m"]["lateral"]["3s"]
+    assert lat == {"mean_abs": pytest.approx(2.65), "median_abs": pytest.approx(2.6),
+                   "p90_abs": pytest.approx(4.6 + 0.7 * 0.6), "median": pytest.approx(2.4)}
+    assert figures["plan_error_m"]["longitudinal"]["3s"]["median"] == pytest.approx(0.24)
+    assert figures["off_lane_plans"] == 3 and figures["off_lane_share"] == 0.75  # 1.8 m is out, 0.3 m in
+    assert plan_vs_driven(samples, lane_half_width_m=2.0)["off_lane_share"] == 0.5  # the half width is a parameter
+    assert "3 of 4 plans (75.0 %) leave the lane" in figures["plan_vs_driven"]
+    empty = plan_vs_driven([])
+    assert empty["off_lane_share"] is None and empty["plan_error_samples"] == 0
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_bag_images_decode_to_rgb_with_row_padding(encoding):
+    from vla_driver.experience import messages as m
+
+    rgb = np.random.default_rng(1).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    if encoding == "mono8":
+        rgb[:] = rgb[:, :, :1]
+    alpha = np.full((4, 6, 1), 7, np.uint8)
+    pixels = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "mono8": rgb[:, :, :1], "rgba8": np.dstack([rgb, alpha]),
+              "bgra8": np.dstack([rgb[:, :, ::-1], alpha])}[encoding]
+    row = pixels.shape[1] * pixels.shape[2]
+    padded = np.zeros((4, row + 2), np.uint8)  # row padding in step
+    padded[:, :row] = pixels.reshape(4, -1)
+    msg = m.TYPESTORE.types[m.IMAGE](header=m.header(0, "camera"), height=4, width=6, encoding=encoding,
+                                     is_bigendian=0, step=row + 2, data=padded.reshape(-1))
+    out = m.decode_image(m.deserialize(m.serialize(msg), m.IMAGE))
+    assert out.shape == (4, 6, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, rgb)
+    short = m.TYPESTORE.types[m.IMAGE](header=m.header(0, "camera"), height=4, width=6, encoding=encoding,
+                                       is_bigendian=0, step=row + 2, data=padded.reshape(-1)[:-3])
+    with pytest.raises(ValueError, match="too short"):
+        m.decode_image(short)
+
+
+def test_a_replay_into_the_same_folder_replaces_the_earlier_recording(tmp_path):
+    """The report scores every segment under <out>/bag: a second replay into one --out scored both drives."""
+    from vla_driver.harness.replay_player import clear_earlier_replays
+
+    out = tmp_path / "bag"
+    earlier = out / "replay_2026-01-01--00-00-00_000abcd--0"
+    kept = out / "replay_2026-01-01--00-00-00_000beef--0"
+    foreign = out / "my_drive"
+    for d in (earlier, kept, foreign):
+        d.mkdir(parents=True)
+        (d / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    (kept / "KEEP").touch()
+    assert clear_earlier_replays(out) == [earlier]
+    assert not earlier.exists() and kept.exists() and foreign.exists()
+    assert clear_earlier_replays(tmp_path / "nothing") == []
+
+
 def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsys):
     bag = write_independent_bag(tmp_path / "no_camera", seconds=1.0, with_camera=False)
     with pytest.raises(MissingTopicError) as err:
@@ -166,5 +281,5 @@ def test_a_remapped_replay_from_the_command_line_hands_rcl_no_deprecated_remap(t
     with mock.patch.object(sys, "argv", ["vla-driver", *argv]):
         assert main(argv) == 0
     captured = capfd.readouterr()
-    assert "x real time" in captured.out
+    assert "x real time" in captured.out and "plan vs driven path: " in captured.out
     assert "deprecated" not in captured.err

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core.labels import label_from_future
 from ..core.metrics import planning_metrics
 from ..core.vocabulary import Decision
-from ..experience.reader import find_bags, read_samples
+from ..experience.reader import TopicMap, find_bags, read_samples
 from ..harness.record_sim import record_sim
 from ..runtime.loading import load_policy
 from . import emit, json_safe
@@ -27,7 +27,12 @@ def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress:
     policies = {name: load_policy(path, backend) for name, path in checkpoints.items()}
     first_name, first = next(iter(policies.items()))
     vocab, spec = first.vocab, first.spec
-    samples = read_samples([str(b) for b in bags], horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
+    rigs = {p.rig for p in policies.values()}
+    if len(rigs) > 1:
+        raise ValueError("the checkpoints drive from different cameras: score them on separate runs")
+    cameras = first.rig.names if first.rig is not None else None
+    samples = read_samples([str(b) for b in bags], TopicMap.for_cameras(cameras), horizon_s=spec.horizon,
+                           waypoint_dt_s=spec.dt, progress=progress)
     truths = []
     for s in samples:
         d = s.decision

@@ -62,7 +62,7 @@ def _replay(args) -> int:
         return 2
     r = result.report
     print(f"{r['frames']} frames, {r['decisions']} decisions, {r['trajectories']} trajectories in "
-          f"{r['wall_seconds']:.1f} s ({r['realtime_factor']}x real time); planning accuracy "
-          f"{r['planning_accuracy']}; L2 {r['l2_m']}")
+          f"{r['wall_seconds']:.1f} s ({r['realtime_factor']}x real time); plan vs driven path: "
+          f"{r['plan_vs_driven']}; planning accuracy {r['planning_accuracy']}; L2 {r['l2_m']}")
     print(f"report: {out / 'report.md'}; recorded bag: {result.bag}")
     return 0

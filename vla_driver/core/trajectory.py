@@ -169,3 +169,20 @@ def l2_at(pred: np.ndarray, truth: np.ndarray, spec: TrajectorySpec, seconds=(1.
         if 0 <= k < len(err):
             out[f"l2_{s:g}s"] = float(err[k])
     return out
+
+
+def plan_errors_at(pred: np.ndarray, truth: np.ndarray, spec: TrajectorySpec, seconds=(1.0, 2.0, 3.0)) -> dict:
+    """Signed error of a plan against the path driven, both in the ego frame at the plan's time (x forward,
+    y left): ``lateral_{s}s`` = planned y - driven y (> 0: the plan lies left of where the car went) and
+    ``longitudinal_{s}s`` = planned x - driven x (> 0: ahead of it) at each horizon; ``max_abs_lateral`` =
+    the largest |lateral error| over every waypoint (does the plan leave the lane anywhere)."""
+    d = np.asarray(pred, dtype=np.float64)[:, :2] - np.asarray(truth, dtype=np.float64)[:, :2]
+    out = {}
+    for s in seconds:
+        k = int(round(s / spec.dt)) - 1
+        if 0 <= k < len(d):
+            out[f"lateral_{s:g}s"] = float(d[k, 1])
+            out[f"longitudinal_{s:g}s"] = float(d[k, 0])
+    if len(d):
+        out["max_abs_lateral"] = float(np.abs(d[:, 1]).max())
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -113,12 +114,20 @@ def _decode_raw_image(msg, raw: np.ndarray) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if step < w * channels or raw.size < h * step:
         raise ValueError(f"image data too short: {raw.size} bytes for {h}x{w} {msg.encoding} step {step}")
-    pixels = raw[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    if channels == 1:
-        return np.repeat(pixels, 3, axis=2)
-    if msg.encoding.startswith("bgr"):
-        pixels = pixels[:, :, 2::-1]
-    return np.ascontiguousarray(pixels[:, :, :3])
+    pixels = raw[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)  # views, no copy
+    order = (0, 0, 0) if channels == 1 else (2, 1, 0) if msg.encoding.startswith("bgr") else (0, 1, 2)
+    return _reorder_channels(pixels, order)
+
+
+def _reorder_channels(pixels: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """A new contiguous (H, W, 3) uint8 array, channel i = ``pixels[:, :, order[i]]``: one strided copy per
+    channel (800x600 bgra8 in ~0.5 ms; fancy or reversed-slice indexing over 3-4 byte pixels is 3-4x slower)."""
+    if order == (0, 1, 2) and pixels.shape[2] == 3:
+        return pixels.copy()
+    out = np.empty((*pixels.shape[:2], 3), dtype=np.uint8)
+    for i, channel in enumerate(order):
+        out[:, :, i] = pixels[:, :, channel]
+    return out
 
 
 # --- odometry, commands, flags, text -------------------------------------------------------------------
@@ -202,3 +211,11 @@ def decision_json(result: DecisionResult, vocab: DecisionVocabulary, stamp_s: fl
 
 def decision_message(result: DecisionResult, vocab: DecisionVocabulary, stamp_s: float) -> bytes:
     return string_message(decision_json(result, vocab, stamp_s))
+
+
+def header_stamp_ns(raw, msgtype: str) -> int:
+    """Header stamp of a message whose first field is a std_msgs/Header, read from the CDR bytes."""
+    if len(raw) >= 12 and raw[1] == 1:  # little-endian CDR: stamp (sec, nanosec) follows the 4-byte encapsulation
+        sec, nanosec = struct.unpack_from("<iI", raw, 4)
+        return sec * 1_000_000_000 + nanosec
+    return time_to_ns(deserialize(bytes(raw), msgtype).header.stamp)

@@ -26,6 +26,7 @@ from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_SEPARATOR, DecisionVocabulary
 from . import messages as m
+from .messages import header_stamp_ns
 from .segments import METADATA_NAME, SEGMENT_NAME_RE, segment_age_key, segment_state
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,25 @@ class TopicMap:
     cmd_vel: str | None = "/cmd_vel"
     events: str | None = "/vla/events"
     required: tuple[str, ...] = ("image", "odom")
+    # a rig's cameras beyond the first, whose frames join the first camera's (``image``) in each sample
+    more_cameras: tuple[str, ...] = ()
 
     def roles(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "required" and getattr(self, f.name)}
+                if f.name not in ("required", "more_cameras") and getattr(self, f.name)}
+
+    @classmethod
+    def for_cameras(cls, names: tuple[str, ...] | None, **roles) -> TopicMap:
+        """The map of a rig's bag: one recorded topic per camera (``camera_topic``), in the rig's order;
+        ``names`` None: the one camera of the top-down models."""
+        if not names:
+            return cls(**roles)
+        return cls(image=camera_topic(names[0]), more_cameras=tuple(camera_topic(n) for n in names[1:]), **roles)
+
+
+def camera_topic(name: str) -> str:
+    """Where a rig camera's frames are recorded (the top-down models' one camera: ``/camera/image_raw``)."""
+    return f"/camera/{name}/image_raw"
 
 
 ROLE_TYPES = {
@@ -421,8 +437,12 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
                 skipped["no_image_or_odom"] += 1
                 continue
             tl = _collect(reader, present, progress, skipped)
+            missing = [t for t in topic_map.more_cameras if t not in reader.topics]
+            if missing:
+                raise MissingTopicError(missing[0], "image", {n: i.msgtype or "?" for n, i in reader.topics.items()},
+                                        source)
             new = _cut(reader, present["image"], tl, source, sample_period_s, horizon_s, waypoint_dt_s,
-                       max_odom_gap_s, skipped)
+                       max_odom_gap_s, skipped, topic_map.more_cameras)
         samples.extend(new)
     if skipped:
         log.info("read_samples: %d samples; skipped %s", len(samples), dict(skipped))
@@ -430,7 +450,7 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
 
 
 def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period_s: float, horizon_s: float,
-         dt: float, max_gap_s: float, skipped: Counter) -> list[ExperienceSample]:
+         dt: float, max_gap_s: float, skipped: Counter, more_cameras: tuple[str, ...] = ()) -> list[ExperienceSample]:
     period_ns, horizon_ns = int(period_s * 1e9), int(horizon_s * 1e9)
     offsets = np.arange(1, int(round(horizon_s / dt)) + 1) * int(dt * 1e9)
     plans = []
@@ -441,12 +461,20 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
             continue
         plans.append((idx, k, t))
     frames = _decode_images(reader, image_topic, {int(tl.image_order[idx]) for idx, _, _ in plans}, skipped)
+    stamps = {int(tl.image_header[idx]) for idx, _, _ in plans}
+    others = [_decode_by_stamp(reader, topic, stamps, skipped) for topic in more_cameras]
     samples = []
     accel = filtered_accel_series(tl.odom_t / 1e9, tl.odom[:, 3])
     for idx, k, t in plans:
         image = frames.get(int(tl.image_order[idx]))
         if image is None:
             continue
+        if more_cameras:  # the rig's other cameras at the same instant, or no sample
+            views = [other.get(int(tl.image_header[idx])) for other in others]
+            if any(v is None or v.shape != image.shape for v in views):
+                skipped["camera_set_incomplete"] += 1
+                continue
+            image = np.stack([image, *views])
         now = _odom_at(tl, np.array([t]))[0]
         future = _odom_at(tl, t + offsets)
         motion = future_poses_to_ego(future[:, :2], future[:, 2], now[:2], now[2])
@@ -464,6 +492,28 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
             image_stamp=int(tl.image_header[idx]) / 1e9, source=source,
         ))
     return samples
+
+
+def _decode_by_stamp(reader: AnyReader, topic: str, stamps: set[int], skipped: Counter) -> dict[int, np.ndarray]:
+    """Frames of another camera of the rig whose header stamp is within ``STAMP_MATCH_NS`` of a wanted one,
+    keyed by the wanted stamp (a rig's cameras are stamped alike per instant)."""
+    wanted = np.array(sorted(stamps), dtype=np.int64)
+    frames: dict[int, np.ndarray] = {}
+    if not len(wanted):
+        return frames
+    conns = [c for c in reader.connections if c.topic == topic]
+    for conn, _t, raw in reader.messages(connections=conns):
+        stamp = header_stamp_ns(raw, conn.msgtype)
+        i = int(np.searchsorted(wanted, stamp))
+        near = [j for j in (i - 1, i) if 0 <= j < len(wanted) and abs(int(wanted[j]) - stamp) <= STAMP_MATCH_NS]
+        if not near:
+            continue
+        try:
+            frames[int(wanted[near[0]])] = m.decode_image(reader.deserialize(raw, conn.msgtype))
+        except Exception as err:  # bad pixels lose one sample, not the drive
+            skipped["bad_image"] += 1
+            log.debug("skipping a frame of %s: %s", topic, err)
+    return frames
 
 
 def _decode_images(reader: AnyReader, topic: str, wanted: set[int], skipped: Counter) -> dict[int, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..core.camera_rig import CameraRig
 from ..core.control import PurePursuitPID
 from ..core.types import CAMERA_SIZE
 from ..experience import messages as m
@@ -19,21 +20,24 @@ from ..sim.highway import DrivingSim
 
 def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy: str = "expert", seed: int = 0,
                backend: str = "torch", image_size=CAMERA_SIZE, decision_hz: float = 2.0,
-               start_ns: int | None = None, progress: bool = True) -> Path:
+               start_ns: int | None = None, progress: bool = True, rig: CameraRig | None = None) -> Path:
     """Drive one episode and log it as one bag segment under ``out_dir``; returns the segment directory.
 
     Per 10 Hz simulator step: odometry, the camera frame, navigation when it changes, a plan and the
     controller's command; a decision every ``1 / decision_hz`` s; the takeover flag (False) once a second.
     Header stamps equal log times (``start_ns`` + sim time); outputs are logged 1-3 ms after their frame.
+    The cameras are a checkpoint's own, or ``rig`` for the expert (none: the top-down view), one topic each.
     """
-    sim = DrivingSim(scenario, seed, image_size=image_size, duration_s=seconds)
-    if policy == "expert":
-        driver = ExpertPolicy(sim)
-    else:
-        driver = load_policy(policy, backend)
-    controller, names = PurePursuitPID(), TopicMap()
+    driver = None if policy == "expert" else load_policy(policy, backend)
+    rig = driver.rig if driver is not None else rig
+    sim = DrivingSim(scenario, seed, image_size=image_size, duration_s=seconds, rig=rig)
+    driver = driver or ExpertPolicy(sim)
+    controller, names = PurePursuitPID(), TopicMap.for_cameras(rig.names if rig is not None else None)
+    cameras = [names.image, *names.more_cameras]
     writer = SegmentWriter(out_dir, segment_duration_s=seconds + 60.0, min_free_bytes=64 << 20,
                            name_prefix=f"sim_{scenario}_")
+    for topic in names.more_cameras:
+        writer.add_topic(topic, m.IMAGE)
     for role, msgtype in (("image", m.IMAGE), ("odom", m.ODOMETRY), ("navigation", m.STRING),
                           ("decision", m.STRING), ("trajectory", m.PATH), ("cmd_vel", m.TWIST), ("takeover", m.BOOL)):
         writer.add_topic(getattr(names, role), msgtype)
@@ -51,7 +55,8 @@ def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy
             if obs.navigation != navigation:  # before the frame it goes with, so a replay decides on it
                 navigation = obs.navigation
                 writer.write(names.navigation, t, m.string_message(navigation))
-            writer.write(names.image, t, m.image_message(obs.image, t))
+            for topic, image in zip(cameras, obs.image if rig is not None else [obs.image], strict=True):
+                writer.write(topic, t, m.image_message(image, t))
             if step % 10 == 0:
                 writer.write(names.takeover, t, m.bool_message(False))
             if step % every == 0:

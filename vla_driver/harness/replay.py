@@ -77,6 +77,10 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
         threads = inference_threads(model_nodes=1 if lockstep else 2)
         first = load_policy(checkpoint, backend, threads=threads)
         policies = (first, first if lockstep else load_policy(checkpoint, backend, threads=threads))
+    if policies[0].rig is not None:
+        raise ValueError(f"model {policies[0].model_version} drives from the cameras of the {policies[0].rig.name} "
+                         "rig; replaying bags through a rig's nodes is not supported yet (the top-down models "
+                         "replay; a rig model is scored open loop with `vla-driver bench open-loop`)")
     player = (LockstepPlayer if lockstep else ReplayPlayer)(source, out_dir / "bag", policies, decision_rate_hz,
                                                             domain_id, frame_timeout_s)
     try:

@@ -6,7 +6,6 @@ Topics are matched to roles by the experience schema's names (``experience.reade
 """
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from rosbags.highlevel import AnyReader
 
 from ..experience import messages as m
+from ..experience.messages import header_stamp_ns
 from ..experience.reader import ROLE_TYPES, MissingTopicError, TopicMap, find_bags, timelines
 
 SCHEMA = TopicMap()
@@ -30,14 +30,6 @@ def parse_remaps(items) -> dict[str, str]:
             raise ValueError(f"remap {item!r} must look like OLD:=NEW, e.g. /image:=/camera/image_raw")
         out[old.strip()] = new.strip()
     return out
-
-
-def header_stamp_ns(raw, msgtype: str) -> int:
-    """Header stamp of a message whose first field is a std_msgs/Header, read from the CDR bytes."""
-    if len(raw) >= 12 and raw[1] == 1:  # little-endian CDR: stamp (sec, nanosec) follows the 4-byte encapsulation
-        sec, nanosec = struct.unpack_from("<iI", raw, 4)
-        return sec * 1_000_000_000 + nanosec
-    return m.time_to_ns(m.deserialize(bytes(raw), msgtype).header.stamp)
 
 
 @dataclass

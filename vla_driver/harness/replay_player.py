@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from std_msgs.msg import String
 from tqdm import tqdm
 
 from ..experience import messages as m
-from ..experience.segments import SegmentWriter
+from ..experience.segments import SegmentWriter, list_segments
 from ..nodes.action_node import ActionNode
 from ..nodes.controller_node import ControllerNode
 from ..nodes.decision_node import DecisionNode
@@ -46,6 +47,23 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("decision", "trajectory", "cmd_vel")  # roles the nodes publish
 OUTPUT_TYPES = {"image": m.IMAGE, "odom": m.ODOMETRY, "navigation": m.STRING, "decision": m.STRING,
                 "trajectory": m.PATH, "cmd_vel": m.TWIST}
+
+
+REPLAY_PREFIX = "replay_"  # the segments a replay records are named replay_<start>...
+
+
+def clear_earlier_replays(out_bag: Path) -> list[Path]:
+    """Remove what an earlier replay into the same folder recorded: the report scores every segment under
+    ``out_bag``, so a second ``vla-driver replay`` into one ``--out`` scored both drives (and replaced only
+    the report). Segments still open (a replay running now) and KEEP-flagged ones stay."""
+    removed = []
+    for seg in list_segments(out_bag):
+        if seg.ours and seg.name.startswith(REPLAY_PREFIX) and seg.state != "open" and not seg.kept:
+            shutil.rmtree(seg.path)
+            removed.append(seg.path)
+    if removed:
+        log.info("replay: replacing the %d segment(s) an earlier replay recorded in %s", len(removed), out_bag)
+    return removed
 
 
 def _percentiles(values) -> dict:
@@ -78,7 +96,8 @@ class ReplayPlayer:
         self.frame_ms: list[float] = []
         self._held_odom: list[bytes] = []  # lockstep: odometry the controller gets once it has commanded
         self._pending: tuple[int, float] | None = None  # lockstep: (trajectories expected, frame start)
-        self.writer = SegmentWriter(out_bag, min_free_bytes=64 << 20, name_prefix="replay_")
+        clear_earlier_replays(out_bag)
+        self.writer = SegmentWriter(out_bag, min_free_bytes=64 << 20, name_prefix=REPLAY_PREFIX)
         for role in [r for r in PLAYED if r in source.topics] + list(OUTPUTS):
             self.writer.add_topic(getattr(SCHEMA, role), OUTPUT_TYPES[role])
 
@@ -96,7 +115,7 @@ class ReplayPlayer:
         def remapped(*rules):
             return {**common, "cli_args": common["cli_args"] + [a for rule in rules for a in ("-r", rule)]}
 
-        self.nodes, self.executor = [], None
+        self.nodes, self.executor, self._parked = [], None, []
         try:
             # own camera topic: in lockstep it only gets the frames it decides on (it uses no other)
             self.decision = self._add(DecisionNode(policies[0], on_decision=self._on_decision,
@@ -121,6 +140,7 @@ class ReplayPlayer:
                     for timer in list(node.timers):
                         if timer.clock.clock_type == ClockType.ROS_TIME:
                             timer.cancel()
+            self._parked = _park_qos_event_handlers(self.nodes)
             self.executor = make_executor(self.context, lockstep)
             for node in self.nodes:
                 self.executor.add_node(node)
@@ -180,13 +200,20 @@ class ReplayPlayer:
 
     # --- playing ---------------------------------------------------------------------------------------
 
-    def _play(self, role: str, t_ns: int, raw: bytes, to_decision: bool = True) -> None:
-        """Publish one input (and record it); lockstep holds the controller's odometry back (``_settle``)."""
+    def _play(self, role: str, t_ns: int, raw: bytes, to_decision: bool = True, to_action: bool = True) -> None:
+        """Publish one input (and record it); lockstep holds the controller's odometry back (``_settle``) and
+        sends a camera frame only to the model nodes that run a cycle on it (``to_decision``, ``to_action``):
+        a frame no node gets is neither decoded nor recorded (the recorded bag holds what the nodes saw)."""
         if role == "image":
+            if not (to_decision or to_action):
+                return
             raw = raw_image_cdr(raw, self.source.types["image"])
             if to_decision:
                 self.pubs["decision_image"].publish(raw)
-        self.pubs[role].publish(raw)
+            if to_action:
+                self.pubs["image"].publish(raw)
+        else:
+            self.pubs[role].publish(raw)
         if role == "odom" and not self.lockstep:
             self.pubs["controller_odom"].publish(raw)
         self.writer.write(getattr(SCHEMA, role), t_ns, raw)
@@ -267,10 +294,32 @@ class ReplayPlayer:
         if self.executor is not None:
             self.executor.shutdown()
             self.thread.join(timeout=5.0)
+        for node, handler in self._parked:  # destroying a publisher or subscription removes its handlers
+            node.add_waitable(handler)
+        self._parked = []
         for node in self.nodes:
             node.destroy_node()
         self._shutdown()
         self.writer.close()
+
+
+def _park_qos_event_handlers(nodes) -> list:
+    """Take the QoS event handlers (incompatible QoS / type warnings) rclpy gives every publisher and
+    subscription out of the nodes' waitables while the replay runs; ``close`` puts them back.
+
+    rclpy's executors rebuild the wait set, waitables included, for every callback: ~64 handlers on the
+    replay's nodes made two thirds of the Python calls of a replay at 50 Hz odometry and 20 Hz camera.
+    Every endpoint of a replay is created here with matching QoS, and ``_wait_for_graph`` checks that each
+    connection matched, so the warnings they would give cannot happen unseen."""
+    parked = []
+    for node in nodes:
+        waitables = list(node.waitables)
+        for entity in [*node.publishers, *node.subscriptions]:
+            for handler in getattr(entity, "event_handlers", ()):
+                if handler in waitables:
+                    node.remove_waitable(handler)
+                    parked.append((node, handler))
+    return parked
 
 
 def make_executor(context, lockstep: bool):

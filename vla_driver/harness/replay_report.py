@@ -1,4 +1,6 @@
-"""What a user reads after a replay: report.json, report.md and the planning and timeline plots."""
+"""What a user reads after a replay: report.json, report.md and the planning and timeline plots. The first
+table is the plan against the path the car drove: a plan can agree with the logged decision (planning
+accuracy 1.0) and still leave the lane."""
 from __future__ import annotations
 
 import json
@@ -37,6 +39,7 @@ def _markdown(r: dict, vocab: DecisionVocabulary) -> str:
         f"- outputs: {r['decisions']} decisions, {r['trajectories']} trajectories ({r['fallbacks']} fallbacks), "
         f"{r['commands']} commands; waits that timed out: {r['timeouts'] or 'none'}",
         f"- outputs digest: `{r['outputs_digest']}`", "",
+        *_plan_vs_driven_markdown(r),
         "## Planning (open loop, AlphaDrive metrics)", "",
         f"{r['samples']} samples, one per replayed decision whose future the odometry covers; "
         f"labels: {r['label_source'] or 'none'} (logged = the decision logged for that frame or in effect then, "
@@ -57,6 +60,42 @@ def _markdown(r: dict, vocab: DecisionVocabulary) -> str:
         *[f"![{p}]({p})" for p in r.get("plots", [])], "",
     ]
     return "\n".join(lines)
+
+
+def off_lane_text(r: dict) -> str:
+    """How many plans leave the lane, e.g. ``4 of 14 plans (28.6 %)``; ``n/a`` without plans to compare."""
+    share = r.get("off_lane_share")
+    if share is None:
+        return "n/a"
+    return f"{r.get('off_lane_plans')} of {r.get('plan_error_samples')} plans ({100 * share:.1f} %)"
+
+
+def _plan_vs_driven_markdown(r: dict) -> list[str]:
+    """The plan against where the car went (ego frame at the frame's time), before the decision metrics."""
+    errors = r.get("plan_error_m") or {}
+    lateral, longitudinal = errors.get("lateral") or {}, errors.get("longitudinal") or {}
+    lines = ["## Plan against the driven path", ""]
+    if not lateral:
+        return lines + ["no plan with the logged odometry over its whole horizon: nothing to compare", ""]
+
+    def cells(stats: dict | None) -> str:
+        if not stats:
+            return "n/a | n/a | n/a | n/a"
+        return " | ".join(f"{stats[k]:+.2f} m" if k == "median" else f"{stats[k]:.2f} m"
+                          for k in ("mean_abs", "median_abs", "p90_abs", "median"))
+
+    return lines + [
+        f"{r['plan_error_samples']} plans (one per replayed decision whose future the logged odometry covers) "
+        "against where that odometry puts the car at each horizon, both in the ego frame at the frame's time: "
+        "lateral > 0 = the plan lies left of the driven path, longitudinal > 0 = ahead of it; "
+        "median = the signed median (bias).", "",
+        f"**plans leaving the lane** (|lateral error| > {_fmt(r.get('lane_half_width_m'), 2)} m at any waypoint): "
+        f"**{off_lane_text(r)}**; planning accuracy {_fmt(r.get('planning_accuracy'))}", "",
+        "| horizon | lateral mean abs | lateral median abs | lateral p90 abs | lateral median "
+        "| longitudinal mean abs | longitudinal median abs | longitudinal p90 abs | longitudinal median |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[f"| {h[:-1]} s | {cells(lateral.get(h))} | {cells(longitudinal.get(h))} |" for h in lateral], "",
+    ]
 
 
 def _plot(out_dir: Path, report: dict, rows: list[dict], vocab: DecisionVocabulary) -> list[str]:
@@ -85,7 +124,7 @@ def _plot(out_dir: Path, report: dict, rows: list[dict], vocab: DecisionVocabula
     plt.close(fig)
     names.append("planning.png")
 
-    fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True)
     t = [row["t"] for row in rows]
     for ax, words, part in ((axes[0], vocab.speeds, "speed"), (axes[1], vocab.paths, "path")):
         ax.step(t, [words.index(getattr(row["label"], part)) for row in rows], where="post", label="label")
@@ -97,9 +136,20 @@ def _plot(out_dir: Path, report: dict, rows: list[dict], vocab: DecisionVocabula
         axes[2].plot([row["t"] for row in rows if key in row["l2"]], [row["l2"][key] for row in rows
                                                                        if key in row["l2"]], label=key)
     axes[2].set_ylabel("L2 (m)")
-    axes[2].set_xlabel("time (s)")
     if keys:
         axes[2].legend(loc="upper right", fontsize=7)
+    lateral = [(row["t"], row["plan"]["lateral_3s"]) for row in rows if "lateral_3s" in row.get("plan", {})]
+    half = report.get("lane_half_width_m") or 0.0
+    if lateral:
+        axes[3].plot(*zip(*lateral, strict=True), "o-", ms=3, label="plan - driven at 3 s")
+        axes[3].legend(loc="upper right", fontsize=7)
+    for y in (-half, half):
+        axes[3].axhline(y, color="tab:red", ls="--", lw=0.8)
+    axes[3].axhline(0.0, color="0.6", lw=0.6)
+    axes[3].set_ylabel("lateral error 3 s (m)\n+ = plan left of path")
+    axes[3].set_title(f"plan against the driven path: plans leaving the lane (|lateral| > {half:g} m) "
+                      f"{off_lane_text(report)}", fontsize=9)
+    axes[3].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(out_dir / "timeline.png", dpi=90)
     plt.close(fig)

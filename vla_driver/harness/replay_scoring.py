@@ -1,5 +1,7 @@
-"""Open-loop scores of a replay, as AlphaDrive reports them: planning accuracy and F1 per speed and path
-class against the logged decisions (or labels from the future ego motion), trajectory L2 at 1/2/3 s."""
+"""Open-loop scores of a replay: the plan against the path driven (signed lateral and longitudinal error at
+1/2/3 s, the share of plans leaving the lane), and, as AlphaDrive reports them, planning accuracy and F1 per
+speed and path class against the logged decisions (or labels from the future ego motion), trajectory L2 at
+1/2/3 s."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..core.labels import label_from_future
 from ..core.metrics import planning_metrics
-from ..core.trajectory import TrajectorySpec, l2_at
+from ..core.trajectory import TrajectorySpec, l2_at, plan_errors_at
 from ..core.vocabulary import AnswerError, Decision, DecisionVocabulary
 from ..experience import messages as m
 from ..experience.reader import STAMP_MATCH_NS, LoggedDecision, TopicMap, read_samples
@@ -19,6 +21,7 @@ from .replay_input import BagInput
 log = logging.getLogger(__name__)
 
 REPLAY_TRUTHS = ("logged", "future")  # what a replayed decision is scored against (evaluate_replay)
+LANE_HALF_WIDTH_M = 1.75  # a plan further than this to the side of the driven path leaves a 3.5 m lane
 
 
 def _logged_decisions(source: BagInput, vocab: DecisionVocabulary) -> list[tuple[int, Decision]]:
@@ -48,12 +51,16 @@ def _label(stamp_ns: int, logged: list, stamps: np.ndarray, period_ns: int) -> D
 
 
 def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: TrajectorySpec,
-                    decision_period_s: float, decisions: list[dict] | None = None, truth: str = "logged") -> dict:
+                    decision_period_s: float, decisions: list[dict] | None = None, truth: str = "logged",
+                    lane_half_width_m: float = LANE_HALF_WIDTH_M) -> dict:
     """Open-loop scores of a replay: one sample per replayed decision, cut from the recorded bag.
 
     Label of a sample: with ``truth="logged"`` the decision the bag logged for that frame where there is
     one (an expert's or an annotator's), else the decision matching the logged future motion; with
     ``truth="future"`` always the latter (a bag whose logged decisions came from the model under test).
+
+    The plan made from a sample's frame is also compared with where the car went according to the logged
+    odometry (:func:`plan_vs_driven`): a plan that leaves the lane scores no worse on accuracy.
 
     Returns {"report": figures, "rows": per-sample rows for the plots}.
     """
@@ -62,7 +69,7 @@ def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: 
     logged = _logged_decisions(source, vocab) if truth == "logged" and "decision" in source.topics else []
     stamps = np.array([s for s, _ in logged], dtype=np.int64)
     period_ns = int(decision_period_s * 1e9)
-    preds, labels, rows, sources, l2 = [], [], [], Counter(), []
+    preds, labels, rows, sources, l2, plan_errors = [], [], [], Counter(), [], []
     t0 = samples[0].stamp if samples else 0.0
     for s in samples:
         if s.decision is None:
@@ -72,13 +79,16 @@ def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: 
         if label is None:
             label = label_from_future(s.future_motion, s.speed, vocab, spec)
         pred = Decision(s.decision.speed, s.decision.path)
-        errors = (l2_at(s.trajectory, s.future_motion, spec)
-                  if s.trajectory is not None and s.trajectory.shape == s.future_motion.shape else {})
+        full = s.trajectory is not None and s.trajectory.shape == s.future_motion.shape
+        errors = l2_at(s.trajectory, s.future_motion, spec) if full else {}
+        plan = plan_errors_at(s.trajectory, s.future_motion, spec) if full else {}
         if errors:
             l2.append(errors)
+        if plan:
+            plan_errors.append(plan)
         preds.append(pred)
         labels.append(label)
-        rows.append({"t": s.stamp - t0, "pred": pred, "label": label, "l2": errors})
+        rows.append({"t": s.stamp - t0, "pred": pred, "label": label, "l2": errors, "plan": plan})
     report = {"samples": len(preds), "label_source": dict(sources)}
     if preds:
         metrics = planning_metrics(preds, labels, vocab)
@@ -91,7 +101,51 @@ def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: 
     keys = sorted({k for e in l2 for k in e}, key=lambda k: float(k[3:-1]))
     report["l2_m"] = {k: round(float(np.mean([e[k] for e in l2 if k in e])), 4) for k in keys}
     report["l2_samples"] = len(l2)
+    report.update(plan_vs_driven(plan_errors, lane_half_width_m))
     return {"report": _jsonable(report), "rows": rows}
+
+
+def plan_vs_driven(errors: list[dict], lane_half_width_m: float = LANE_HALF_WIDTH_M) -> dict:
+    """The report's figures of the plan against the driven path, from :func:`plan_errors_at` per sample.
+
+    ``plan_error_m``: for ``lateral`` and ``longitudinal``, per horizon (``1s``, ``2s``, ``3s``) the mean,
+    median and 90th percentile of the absolute error over the samples and the median of the signed error
+    (its bias: > 0 = left of / ahead of the car); ``off_lane_share``: the share of plans whose lateral error
+    exceeds ``lane_half_width_m`` at some waypoint (None without samples).
+    """
+    out = {"plan_error_m": {}, "plan_error_samples": len(errors), "lane_half_width_m": float(lane_half_width_m)}
+    for axis in ("lateral", "longitudinal"):
+        keys = sorted({k for e in errors for k in e if k.startswith(f"{axis}_")},
+                      key=lambda k: float(k.split("_")[1][:-1]))
+        out["plan_error_m"][axis] = {k.split("_")[1]: _error_stats([e[k] for e in errors if k in e]) for k in keys}
+    wide = [e["max_abs_lateral"] > lane_half_width_m for e in errors if "max_abs_lateral" in e]
+    out["off_lane_plans"] = int(sum(wide))
+    out["off_lane_share"] = round(float(np.mean(wide)), 4) if wide else None
+    out["plan_vs_driven"] = _summary(out)
+    return out
+
+
+def _summary(figures: dict) -> str:
+    """One line for the command's output: the lateral error at the longest horizon and the off-lane share."""
+    lateral = figures["plan_error_m"].get("lateral") or {}
+    if not lateral or figures["off_lane_share"] is None:
+        return "no plan with the logged odometry over its horizon"
+    horizon, lat = list(lateral.items())[-1]
+    lon = figures["plan_error_m"]["longitudinal"].get(horizon)
+    side = "left" if lat["median"] > 0 else "right" if lat["median"] < 0 else "centred"
+    text = (f"lateral error at {horizon[:-1]} s median {lat['median_abs']:.2f} m, p90 {lat['p90_abs']:.2f} m "
+            f"(bias {lat['median']:+.2f} m, {side})")
+    if lon:
+        text += f", longitudinal median {lon['median_abs']:.2f} m"
+    return (f"{text}; {figures['off_lane_plans']} of {figures['plan_error_samples']} plans "
+            f"({100 * figures['off_lane_share']:.1f} %) leave the lane (|lateral| > {figures['lane_half_width_m']:g} m)")
+
+
+def _error_stats(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    a = np.abs(v)
+    return {"mean_abs": round(float(a.mean()), 4), "median_abs": round(float(np.median(a)), 4),
+            "p90_abs": round(float(np.percentile(a, 90)), 4), "median": round(float(np.median(v)), 4)}
 
 
 def _jsonable(value):

@@ -50,10 +50,12 @@ def yaw_to_quaternion(yaw: float) -> Quaternion:
 
 
 def quaternion_to_yaw(q: Quaternion) -> float:
-    values = np.array([q.x, q.y, q.z, q.w])
-    if not np.all(np.isfinite(values)) or np.linalg.norm(values) < 1e-9:
-        raise BadMessage("bad_quaternion", f"orientation {values.tolist()} is not a rotation")
-    x, y, z, w = values / np.linalg.norm(values)
+    """Yaw of a (normalised) quaternion; scalar maths: numpy on four numbers cost ~0.3 s per replay."""
+    values = (q.x, q.y, q.z, q.w)
+    norm = math.sqrt(sum(v * v for v in values))
+    if not math.isfinite(norm) or norm < 1e-9:
+        raise BadMessage("bad_quaternion", f"orientation {list(values)} is not a rotation")
+    x, y, z, w = (v / norm for v in values)
     return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 

@@ -22,7 +22,7 @@ from ..core.labels import label_from_future
 from ..core.rewards import PlanningRewardConfig, planning_rewards
 from ..core.types import Observation
 from ..core.vocabulary import Decision
-from ..experience.reader import read_samples
+from ..experience.reader import TopicMap, read_samples
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from .curves import save_curves
 from .grpo import DecisionGRPO, GRPOConfig
@@ -54,14 +54,14 @@ TRUTH_SOURCES = ("future", "logged")
 
 
 def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: bool = True,
-                    truth: str = "future") -> RefreshData:
+                    truth: str = "future", cameras: tuple[str, ...] | None = None) -> RefreshData:
     """``truth="logged"`` takes the logged decision as truth, except under a takeover (the driver who
     was overruled is not the truth there) or where the bag holds no valid decision: those keep the
-    label from the future motion."""
+    label from the future motion. ``cameras``: the model's rig cameras (None: the top-down image)."""
     if truth not in TRUTH_SOURCES:
         raise ValueError(f"truth must be one of {TRUTH_SOURCES}, got {truth!r}")
-    samples = read_samples(paths, sample_period_s=sample_period_s, horizon_s=spec.horizon,
-                           waypoint_dt_s=spec.dt, progress=progress)
+    samples = read_samples(paths, TopicMap.for_cameras(cameras), sample_period_s=sample_period_s,
+                           horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
     if not samples:
         raise ValueError(f"no usable samples in {paths}")
     obs, truths, logged, takeover, sources = [], [], [], [], []
@@ -104,7 +104,9 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
     progress = progress and parallel.is_main
     model = load_checkpoint(from_checkpoint)
     start = time.perf_counter()
-    data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress, cfg.truth)
+    rig = model.cfg.camera_rig
+    data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress, cfg.truth,
+                           rig.names if rig is not None else None)
     n = len(data.observations)
     history: dict[str, list[float]] = {"reward_mean": [], "kl": [], "policy_loss": []}
     if cfg.sft_steps:
