@@ -39,6 +39,8 @@ class ClosedLoopRun:
 
     result: object  # vla_driver.core.metrics.EpisodeResult
     frames: list[np.ndarray] = field(default_factory=list)  # camera images, one per cycle (if recorded)
+    # per recorded cycle, what a picture needs: time, speed, top-down view, front camera (sim/render.py)
+    views: list[dict] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)  # decision JSON as published
     trajectories: list[tuple[float, np.ndarray, bool]] = field(default_factory=list)  # (stamp, poses, fallback)
 
@@ -140,6 +142,7 @@ def run_closed_loop(
         run.result = done.result()
         run.result.extras["nodes"] = {name: node_stats(node) for name, node in nodes.items()}
         run.frames = bridge.frames or []
+        run.views = bridge.views or []
         return run
     finally:
         bar.close()

@@ -29,6 +29,7 @@ from vla_driver.core.camera_rig import load_rig
 from vla_driver.core.metrics import EpisodeResult
 from vla_driver.core.types import CAMERA_SIZE
 from vla_driver.sim.highway import DrivingSim
+from vla_driver.sim.render import PictureRecorder
 from vla_driver.sim.scenarios import SCENARIOS
 
 from .camera_set import LEGACY_CAMERA, camera_topic
@@ -74,6 +75,9 @@ class SimBridgeNode(Node):
         self.observation = self.sim.observation()  # the constructor has reset the scene with the seed
         self.on_done, self.on_cycle = on_done, on_cycle
         self.frames: list[np.ndarray] | None = [] if record_frames else None
+        # with record_frames, also what a picture of each cycle needs: speed, top-down view, front camera
+        self.views: list[dict] | None = [] if record_frames else None
+        self._pictures = PictureRecorder(self.rig) if record_frames else None
         self.result = None
         self.cycles = self.missed_cycles = 0
         self.cycle_latencies_ms: list[float] = []
@@ -155,6 +159,9 @@ class SimBridgeNode(Node):
     def _publish_cycle(self) -> None:
         obs, stamp = self.observation, self.observation.stamp
         x, y, yaw, speed = self.sim.ego_pose()
+        if self.frames is not None:  # before publishing: recording never counts as pipeline latency
+            self.frames.append(obs.image)
+            self.views.append(self._pictures.capture(self.sim, obs, speed))
         self.clock_publisher.publish(ClockMsg(clock=seconds_to_stamp(stamp)))
         ego = EgoState(speed=speed, yaw_rate=obs.yaw_rate, x=x, y=y, yaw=yaw, stamp=stamp)
         self.odom_publisher.publish(state_to_odometry(ego, self.MAP_FRAME, self.BASE_FRAME))
@@ -167,8 +174,6 @@ class SimBridgeNode(Node):
         for publisher, info in self.camera_infos:
             info.header.stamp = seconds_to_stamp(stamp)
             publisher.publish(info)
-        if self.frames is not None:
-            self.frames.append(obs.image)
         self._state, self._cycle_start = "waiting", time.monotonic()
         if self._watchdog is not None:
             self._watchdog.reset()  # fires step_timeout_s from now unless the next cycle resets it first
@@ -222,6 +227,8 @@ class SimBridgeNode(Node):
 
     def destroy_node(self):
         self.sim.close()
+        if self._pictures is not None:
+            self._pictures.close()
         return super().destroy_node()
 
 
