@@ -31,6 +31,7 @@ def generate_launch_description():
                 "checkpoint": LaunchConfiguration("checkpoint"),
                 "backend": LaunchConfiguration("backend"),
                 "image_topic": "/carla/ego_vehicle/rgb_front/image",
+                "camera_front_topic": "/carla/ego_vehicle/rgb_front/image",  # bgra8 800x600: the front rig
                 "odom_topic": "/carla/ego_vehicle/odometry",
                 "navigation_topic": "/carla/ego_vehicle/navigation",
                 "decision_topic": "/vla_driver/decision",

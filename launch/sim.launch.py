@@ -1,6 +1,6 @@
 """Vehicle stack + the embedded highway simulator bridge, on sim time and in lockstep.
 
-    ros2 launch vla_driver sim.launch.py scenario:=highway seed:=3
+    ros2 launch vla_driver sim.launch.py scenario:=highway seed:=3 rig:=front  # rig: the checkpoint's cameras
 
 The bridge publishes /clock and waits for each cycle's cmd_vel before stepping (synchronous mode).
 Without ros2 launch, ``vla-driver demo`` composes the same four nodes in one process.
@@ -23,6 +23,8 @@ def generate_launch_description():
         DeclareLaunchArgument("seed", default_value="0", description="episode seed"),
         DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint dir; empty = embedded"),
         DeclareLaunchArgument("backend", default_value="auto", description="auto|torch|onnxruntime|tensorrt"),
+        DeclareLaunchArgument("rig", default_value="",
+                              description="the checkpoint's camera rig (e.g. front); empty = the top-down view"),
         DeclareLaunchArgument("sim_bridge_node_params",
                               default_value=os.path.join(share, "config", "sim_bridge_node.yaml")),
         IncludeLaunchDescription(
@@ -42,6 +44,7 @@ def generate_launch_description():
                     "use_sim_time": True,
                     "scenario": ParameterValue(LaunchConfiguration("scenario"), value_type=str),
                     "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                    "rig": ParameterValue(LaunchConfiguration("rig"), value_type=str),
                 },
             ],
         ),

@@ -146,6 +146,7 @@ def test_carla_launch_remaps_to_the_carla_ros_bridge_topics():
     passed = kwarg(include, "launch_arguments").func.value
     values = {k.value: v.value for k, v in zip(passed.keys, passed.values, strict=True) if isinstance(v, ast.Constant)}
     assert values["image_topic"] == "/carla/ego_vehicle/rgb_front/image"
+    assert values["camera_front_topic"] == "/carla/ego_vehicle/rgb_front/image"  # the front rig's camera
     assert values["odom_topic"] == "/carla/ego_vehicle/odometry"
     assert values["cmd_vel_topic"] == "/carla/ego_vehicle/twist"
     assert values["use_sim_time"] == "true"

@@ -20,7 +20,7 @@ from visualization_msgs.msg import MarkerArray
 from vla_driver.core.trajectory import KinematicLimits, Trajectory, stop_trajectory
 from vla_driver.core.vocabulary import Decision
 
-from .camera_set import CameraSet
+from .camera_set import PRESET_CAMERAS, CameraSet, camera_topic
 from .convert import decision_from_string, trajectory_to_markers, trajectory_to_path
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
@@ -55,7 +55,8 @@ class ActionParams(ModelParams):
 
 
 class ActionNode(HotSwap, Node):
-    TOPICS = ("image", "odom", "navigation", "decision", "trajectory", "trajectory_markers")
+    TOPICS = ("image", "odom", "navigation", "decision", "trajectory", "trajectory_markers",
+              *(camera_topic(n) for n in PRESET_CAMERAS))
 
     def __init__(self, policy=None, on_trajectory: Callable[[float, Trajectory, bool], None] | None = None,
                  **node_kwargs):

@@ -18,6 +18,8 @@ from vla_driver.core.camera_rig import CameraRig, fit_to_model
 from .convert import BadMessage, image_to_rgb, stamp_to_seconds
 
 LEGACY_CAMERA = "image"
+# every camera name of the preset rigs: the launch files remap each (a node subscribes to its rig's only)
+PRESET_CAMERAS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
 
 
 def camera_topic(name: str) -> str:

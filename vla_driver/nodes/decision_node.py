@@ -14,7 +14,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from std_msgs.msg import String
 
-from .camera_set import CameraSet
+from .camera_set import PRESET_CAMERAS, CameraSet, camera_topic
 from .convert import decision_to_string
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
@@ -36,7 +36,7 @@ class DecisionParams(ModelParams):
 
 
 class DecisionNode(HotSwap, Node):
-    TOPICS = ("image", "odom", "navigation", "decision")
+    TOPICS = ("image", "odom", "navigation", "decision", *(camera_topic(n) for n in PRESET_CAMERAS))
 
     def __init__(self, policy=None, on_decision: Callable[[str], None] | None = None, **node_kwargs):
         super().__init__("decision_node", **node_kwargs)
