@@ -62,7 +62,7 @@ def quaternion_to_yaw(q: Quaternion) -> float:
 # --- camera -----------------------------------------------------------------------------------------
 
 
-def image_to_rgb(msg: Image, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def image_to_rgb(msg: Image) -> np.ndarray:
     """Decode an 8-bit image into a contiguous (H, W, 3) uint8 RGB array."""
     if msg.encoding not in IMAGE_ENCODINGS:
         raise BadMessage("unknown_encoding", f"{msg.encoding!r}; supported: {sorted(IMAGE_ENCODINGS)}")
@@ -70,8 +70,6 @@ def image_to_rgb(msg: Image, expected_hw: tuple[int, int] | None = None) -> np.n
     h, w = msg.height, msg.width
     if h == 0 or w == 0:
         raise BadMessage("empty_image", f"{h}x{w}")
-    if expected_hw is not None and (h, w) != tuple(expected_hw):
-        raise BadMessage("wrong_size", f"image is {h}x{w}, expected {expected_hw[0]}x{expected_hw[1]}")
     if msg.step < w * channels:
         raise BadMessage("wrong_size", f"step {msg.step} < width {w} x {channels} bytes")
     data = np.frombuffer(msg.data, dtype=np.uint8)  # a view of the message's buffer: no copy
