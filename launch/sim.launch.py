@@ -34,6 +34,7 @@ def generate_launch_description():
                 "lockstep": "true",
                 "checkpoint": LaunchConfiguration("checkpoint"),
                 "backend": LaunchConfiguration("backend"),
+                "rig": LaunchConfiguration("rig"),
             }.items(),
         ),
         Node(

@@ -1,19 +1,29 @@
 """The model nodes with a camera rig: one synchronised set per instant, a camera that stops or sends another
 resolution is named, and the action node falls back and recovers as for a missing image."""
+import threading
 import time
 
 import numpy as np
 import pytest
+import rclpy
 import test_nodes
+from conftest import wait_until
 from diagnostic_msgs.msg import DiagnosticStatus
-from sensor_msgs.msg import Image
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
 from test_nodes import action_node, is_stop, planned
 
 from vla_driver.core.camera_rig import load_rig
+from vla_driver.experience.reader import TopicMap, read_samples
 from vla_driver.model.build import build_random_checkpoint
 from vla_driver.model.config import VLAConfig
 from vla_driver.nodes.camera_set import CameraSet, camera_topic
-from vla_driver.nodes.convert import BadMessage, rgb_to_image
+from vla_driver.nodes.convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
+from vla_driver.nodes.executor import MultiThreadedExecutor
+from vla_driver.nodes.logger_node import LoggerNode
+from vla_driver.nodes.spin import stop_executor
 from vla_driver.runtime.loading import load_policy
 
 pytestmark = pytest.mark.usefixtures("node_threads")
@@ -86,3 +96,41 @@ def test_three_cameras_through_rclpy_one_stops_fallback_names_it_and_driving_rec
                 if kv.key == "last_rejected"]
 
     assert harness.drive_until(lambda: any("camera_front: wrong_resolution" in v for v in rejected()), image=False)
+
+
+def test_the_logger_records_every_camera_of_a_rig_and_the_drive_reads_back_as_camera_sets(tmp_path):
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=test_nodes.DOMAIN_ID)
+    logger = LoggerNode(context=context, parameter_overrides=[
+        Parameter("output_dir", value=str(tmp_path)), Parameter("min_free_mb", value=0.0),
+        Parameter("topics", value=["odom"]), Parameter("rig", value="front3")])
+    node = Node("cameras", context=context)
+    images = {n: node.create_publisher(Image, camera_topic(n), 20) for n in RIG.names}
+    infos = {n: node.create_publisher(CameraInfo, f"camera/{n}/camera_info", 20) for n in RIG.names}
+    odom = node.create_publisher(Odometry, "odom", 20)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    for n in (logger, node):
+        executor.add_node(n)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        assert wait_until(lambda: all(p.get_subscription_count() for p in (*images.values(), odom)))
+        for k in range(45):  # 4.5 s at 10 Hz: samples with 3 s of odometry ahead
+            stamp = node.get_clock().now().nanoseconds * 1e-9
+            odom.publish(state_to_odometry(EgoState(8.0, 0.0, 0.8 * k, 0.0, 0.0, stamp)))
+            for n in RIG.names:
+                images[n].publish(frame(RIG.model_height, RIG.model_width, stamp, seed=k))
+                info = CameraInfo(width=RIG.model_width, height=RIG.model_height)
+                info.header.stamp = seconds_to_stamp(stamp)
+                infos[n].publish(info)
+            time.sleep(0.1)
+        assert wait_until(lambda: logger.writer.stats()["written"] >= 45 * 7)
+    finally:
+        stop_executor(executor)
+        logger.destroy_node()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert {f"/camera/{n}/{t}" for n in RIG.names for t in ("image_raw", "camera_info")} <= set(
+        logger.recording.values())
+    samples = read_samples(tmp_path, TopicMap.for_cameras(RIG.names), progress=False)
+    assert samples and all(s.image.shape == (3, RIG.model_height, RIG.model_width, 3) for s in samples)

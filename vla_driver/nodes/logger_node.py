@@ -35,13 +35,16 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Bool, Empty, String
 
+from vla_driver.core.camera_rig import CameraRig, load_rig
 from vla_driver.experience import messages as m
-from vla_driver.experience.reader import TopicMap
+from vla_driver.experience.reader import TopicMap, camera_topic
 from vla_driver.experience.segments import SegmentWriter
 
+from .camera_set import PRESET_CAMERAS
+from .camera_set import camera_topic as node_camera_topic
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
 from .spin import spin_standalone
@@ -60,6 +63,7 @@ ROLES = {
     "diagnostics": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray", "/diagnostics"),
 }
 MB = 1 << 20
+CAMERA_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)  # a second of frames may queue
 
 
 @dataclass
@@ -81,6 +85,7 @@ class LoggerParams:
     takeover_topic: str = param("/vla/takeover", "human takeover flag subscribed (std_msgs/Bool)")
     events_topic: str = param("/vla/events", "free-text events subscribed (std_msgs/String)")
     diagnostics_topic: str = param("/diagnostics", "diagnostics subscribed (diagnostic_msgs/DiagnosticArray)")
+    rig: str = param("", "camera rig whose cameras are recorded too (camera/<name>/image_raw and camera_info)")
 
     def __post_init__(self):
         require_positive(self, "segment_duration_s", "segment_max_mb", "queue_size")
@@ -94,8 +99,21 @@ class LoggerParams:
         return getattr(self, f"{role}_topic")
 
 
+def rig_topics(rig: CameraRig | None) -> list[tuple[str, str, type, str]]:
+    """(subscribed topic, recorded name, message class, rosbag2 type) of every camera of ``rig``."""
+    out = []
+    for name in rig.names if rig is not None else ():
+        out.append((node_camera_topic(name), camera_topic(name), Image, m.IMAGE))
+        out.append((f"camera/{name}/camera_info", f"/camera/{name}/camera_info", CameraInfo,
+                    "sensor_msgs/msg/CameraInfo"))
+    return out
+
+
 class LoggerNode(Node):
     """``writer`` may be passed in (tests); by default one is made from the parameters."""
+
+    # the rig cameras it may record (launch files remap them like the model nodes')
+    TOPICS = tuple(t for n in PRESET_CAMERAS for t in (node_camera_topic(n), f"camera/{n}/camera_info"))
 
     def __init__(self, writer: SegmentWriter | None = None, **node_kwargs):
         super().__init__("logger_node", **node_kwargs)
@@ -123,6 +141,11 @@ class LoggerNode(Node):
                                  else ReliabilityPolicy.BEST_EFFORT)
             self.writer.add_topic(record_as, msgtype)
             self.create_subscription(msg_cls, topic, self._recorder(record_as), qos, callback_group=group,
+                                     raw=True)
+            self.recording[self.resolve_topic_name(topic)] = record_as
+        for topic, record_as, msg_cls, msgtype in rig_topics(load_rig(p.rig) if p.rig else None):
+            self.writer.add_topic(record_as, msgtype)
+            self.create_subscription(msg_cls, topic, self._recorder(record_as), CAMERA_QOS, callback_group=group,
                                      raw=True)
             self.recording[self.resolve_topic_name(topic)] = record_as
         self.create_subscription(Empty, "~/keep", self._on_keep, 10)
