@@ -62,6 +62,25 @@ def pinhole_project(points_cam: np.ndarray, K: np.ndarray, min_depth: float = 1e
     return pixels, in_front
 
 
+def camera_topic(name: str, stream: str = "image_raw") -> str:
+    """A rig camera's topic, relative to the node (``camera/<name>/<stream>``); logs record it under ``/``."""
+    return f"camera/{name}/{stream}"
+
+
+def rig_label(rig: CameraRig | dict | None) -> str:
+    """How messages name a model's cameras: ``the front rig``, or ``the top-down view`` without a rig."""
+    if rig is None:
+        return "the top-down view"
+    return f"the {rig['name'] if isinstance(rig, dict) else rig.name} rig"
+
+
+def camera_info_fields(K: np.ndarray, width: int, height: int) -> dict:
+    """The fields of a sensor_msgs/CameraInfo for a pinhole image (plumb_bob, no distortion), row-major."""
+    return {"width": int(width), "height": int(height), "distortion_model": "plumb_bob", "d": [0.0] * 5,
+            "k": np.asarray(K, dtype=np.float64).ravel().tolist(), "r": np.eye(3).ravel().tolist(),
+            "p": np.hstack([K, np.zeros((3, 1))]).ravel().tolist()}
+
+
 @dataclass(frozen=True)
 class CameraSpec:
     """One perspective camera: native image size, horizontal FOV and its mount on the car."""
@@ -103,16 +122,9 @@ class CameraSpec:
     def K(self) -> np.ndarray:
         return np.array([[self.fx, 0.0, self.width / 2], [0.0, self.fy, self.height / 2], [0.0, 0.0, 1.0]])
 
-    @property
-    def P(self) -> np.ndarray:
-        """3x4 projection as in sensor_msgs/CameraInfo for a monocular camera: [K | 0]."""
-        return np.hstack([self.K, np.zeros((3, 1))])
-
     def camera_info(self) -> dict:
         """The fields of a sensor_msgs/CameraInfo (plumb_bob, no distortion), flattened row-major."""
-        return {"width": self.width, "height": self.height, "distortion_model": "plumb_bob",
-                "d": [0.0] * 5, "k": self.K.ravel().tolist(), "r": np.eye(3).ravel().tolist(),
-                "p": self.P.ravel().tolist()}
+        return camera_info_fields(self.K, self.width, self.height)
 
     def ego_from_optical(self) -> np.ndarray:
         """4x4 transform of the optical frame (z forward, x right, y down) into the ego frame."""
@@ -141,13 +153,16 @@ class FitGeometry:
         left, top, right, bottom = self.src_box
         return self.dst_box[2] / (right - left), self.dst_box[3] / (bottom - top)
 
+    def to_model(self, pixels: np.ndarray) -> np.ndarray:
+        """Native-frame pixels (N, 2) as (col, row) -> where they land in the model image."""
+        left, top = self.src_box[:2]
+        return (np.asarray(pixels, dtype=np.float64) - (left, top)) * self.scale + self.dst_box[:2]
+
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
         """K of the model image, given K of the native frame."""
         sx, sy = self.scale
-        left, top = self.src_box[:2]
-        return np.array([[K[0, 0] * sx, 0.0, (K[0, 2] - left) * sx + self.dst_box[0]],
-                         [0.0, K[1, 1] * sy, (K[1, 2] - top) * sy + self.dst_box[1]],
-                         [0.0, 0.0, 1.0]])
+        cx, cy = self.to_model(np.array([K[0, 2], K[1, 2]]))
+        return np.array([[K[0, 0] * sx, 0.0, cx], [0.0, K[1, 1] * sy, cy], [0.0, 0.0, 1.0]])
 
 
 def fit_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> FitGeometry:
@@ -204,6 +219,10 @@ class CameraRig:
     def model_K(self, camera: CameraSpec) -> np.ndarray:
         """Intrinsics of the camera's image at the model input size (CameraInfo for resized images)."""
         return self.fit(camera).intrinsics(camera.K)
+
+    def model_camera_info(self, camera: CameraSpec) -> dict:
+        """The CameraInfo fields of the camera's image at the model input size."""
+        return camera_info_fields(self.model_K(camera), self.model_width, self.model_height)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model_height": self.model_height, "model_width": self.model_width,

@@ -21,6 +21,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
+from ..core.camera_rig import camera_topic
 from ..core.ego import filtered_accel_series
 from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
@@ -69,16 +70,18 @@ class TopicMap:
 
     @classmethod
     def for_cameras(cls, names: tuple[str, ...] | None, **roles) -> TopicMap:
-        """The map of a rig's bag: one recorded topic per camera (``camera_topic``), in the rig's order;
+        """The map of a rig's bag: one recorded topic per camera (``recorded_camera_topic``), in the rig's order;
         ``names`` None: the one camera of the top-down models."""
         if not names:
             return cls(**roles)
-        return cls(image=camera_topic(names[0]), more_cameras=tuple(camera_topic(n) for n in names[1:]), **roles)
+        return cls(image=recorded_camera_topic(names[0]),
+                   more_cameras=tuple(recorded_camera_topic(n) for n in names[1:]), **roles)
 
 
-def camera_topic(name: str) -> str:
-    """Where a rig camera's frames are recorded (the top-down models' one camera: ``/camera/image_raw``)."""
-    return f"/camera/{name}/image_raw"
+def recorded_camera_topic(name: str, stream: str = "image_raw") -> str:
+    """Where a rig camera's messages are recorded: its topic under ``/`` (the top-down models' one camera is
+    ``/camera/image_raw``)."""
+    return "/" + camera_topic(name, stream)
 
 
 ROLE_TYPES = {

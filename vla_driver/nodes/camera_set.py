@@ -8,12 +8,11 @@ others by more than ``slop_s`` lags (the node says which); one that stops goes s
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from sensor_msgs.msg import Image
 
 from vla_driver.core.camera_rig import CameraRig, fit_to_model
+from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
 
 from .convert import BadMessage, image_to_rgb, stamp_to_seconds
 
@@ -23,8 +22,8 @@ PRESET_CAMERAS = ("front", "front_left", "front_right", "back", "back_left", "ba
 
 
 def camera_topic(name: str) -> str:
-    """The topic a rig camera's frames arrive on (relative: launch files remap it to the car's camera)."""
-    return LEGACY_CAMERA if name == LEGACY_CAMERA else f"camera/{name}/image_raw"
+    """The topic a camera's frames arrive on (relative: launch files remap it to the car's camera)."""
+    return LEGACY_CAMERA if name == LEGACY_CAMERA else rig_camera_topic(name)
 
 
 class CameraSet:
@@ -33,10 +32,6 @@ class CameraSet:
         self.names = rig.names if rig is not None else (LEGACY_CAMERA,)
         self.latest: dict[str, tuple[np.ndarray, float]] = {}
         self.synced: tuple[np.ndarray, float] | None = None  # (image, or (cameras, h, w, 3) stack; stamp)
-
-    def handler(self, name: str) -> Callable[[Image], None]:
-        """The subscription callback of camera ``name``."""
-        return lambda msg: self.on_frame(name, msg)
 
     def sizes(self, name: str) -> tuple[tuple[int, int], ...]:
         """(H, W) accepted from camera ``name``: its native size, or already the model's input size."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 
+from vla_driver.core.camera_rig import rig_label
 from vla_driver.core.types import CAMERA_SIZE, Observation
 from vla_driver.runtime.loading import inference_threads
 from vla_driver.runtime.loading import load_policy as runtime_load_policy
@@ -29,10 +30,6 @@ class ModelParams:
     checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
     backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
     camera_slop_s: float = param(0.05, "cameras of a rig whose newest frames lie further apart than this (s) form no set; WARN names the late one")
-
-
-def rig_name(rig) -> str:
-    return f"the {rig.name} rig" if rig is not None else "the top-down view"
 
 
 def load_policy(checkpoint: str, backend: str):
@@ -78,8 +75,8 @@ class HotSwap:
         try:
             policy = load_policy(checkpoint, self.params.backend)
             if policy.rig != self.policy.rig:
-                raise ValueError(f"it drives from {rig_name(policy.rig)}; this node subscribes to the cameras of "
-                                 f"{rig_name(self.policy.rig)} (restart the node to change cameras)")
+                raise ValueError(f"it drives from {rig_label(policy.rig)}; this node subscribes to the cameras of "
+                                 f"{rig_label(self.policy.rig)} (restart the node to change cameras)")
             self._swap_warm_up(policy)
         except Exception as e:  # noqa: BLE001 - any load failure keeps the running policy
             self.diagnostics.count("swap_errors")

@@ -38,13 +38,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Bool, Empty, String
 
-from vla_driver.core.camera_rig import CameraRig, load_rig
+from vla_driver.core.camera_rig import CameraRig, camera_topic, load_rig
 from vla_driver.experience import messages as m
-from vla_driver.experience.reader import TopicMap, camera_topic
+from vla_driver.experience.reader import TopicMap, recorded_camera_topic
 from vla_driver.experience.segments import SegmentWriter
 
 from .camera_set import PRESET_CAMERAS
-from .camera_set import camera_topic as node_camera_topic
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from .params import declare_params, param, require_positive
 from .spin import spin_standalone
@@ -103,8 +102,8 @@ def rig_topics(rig: CameraRig | None) -> list[tuple[str, str, type, str]]:
     """(subscribed topic, recorded name, message class, rosbag2 type) of every camera of ``rig``."""
     out = []
     for name in rig.names if rig is not None else ():
-        out.append((node_camera_topic(name), camera_topic(name), Image, m.IMAGE))
-        out.append((f"camera/{name}/camera_info", f"/camera/{name}/camera_info", CameraInfo,
+        out.append((camera_topic(name), recorded_camera_topic(name), Image, m.IMAGE))
+        out.append((camera_topic(name, "camera_info"), recorded_camera_topic(name, "camera_info"), CameraInfo,
                     "sensor_msgs/msg/CameraInfo"))
     return out
 
@@ -113,7 +112,7 @@ class LoggerNode(Node):
     """``writer`` may be passed in (tests); by default one is made from the parameters."""
 
     # the rig cameras it may record (launch files remap them like the model nodes')
-    TOPICS = tuple(t for n in PRESET_CAMERAS for t in (node_camera_topic(n), f"camera/{n}/camera_info"))
+    TOPICS = tuple(camera_topic(n, stream) for n in PRESET_CAMERAS for stream in ("image_raw", "camera_info"))
 
     def __init__(self, writer: SegmentWriter | None = None, **node_kwargs):
         super().__init__("logger_node", **node_kwargs)

@@ -25,6 +25,7 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
 from vla_driver.core.camera_rig import load_rig
 from vla_driver.core.metrics import EpisodeResult
 from vla_driver.core.types import CAMERA_SIZE
@@ -91,7 +92,8 @@ class SimBridgeNode(Node):
         names = self.rig.names if self.rig is not None else (LEGACY_CAMERA,)
         self.image_publishers = [self.create_publisher(Image, camera_topic(n), 5) for n in names]
         self.camera_infos = [] if self.rig is None else [
-            (self.create_publisher(CameraInfo, f"camera/{n}/camera_info", 5), self._camera_info(n)) for n in names]
+            (self.create_publisher(CameraInfo, rig_camera_topic(n, "camera_info"), 5), self._camera_info(n))
+            for n in names]
         self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
         self.navigation_publisher = self.create_publisher(String, "navigation", LATCHED)
         self.episode_publisher = self.create_publisher(String, "episode", LATCHED)
@@ -110,13 +112,8 @@ class SimBridgeNode(Node):
 
     def _camera_info(self, name: str) -> CameraInfo:
         """The camera's intrinsics at the size the bridge publishes: the rig's model input size."""
-        cam = self.rig.camera(name)
-        K = self.rig.model_K(cam)
-        info = CameraInfo(width=self.rig.model_width, height=self.rig.model_height, distortion_model="plumb_bob")
+        info = CameraInfo(**self.rig.model_camera_info(self.rig.camera(name)))
         info.header.frame_id = f"{self.CAMERA_FRAME}_{name}"
-        info.d, info.k = [0.0] * 5, K.ravel().tolist()
-        info.r = np.eye(3).ravel().tolist()
-        info.p = np.hstack([K, np.zeros((3, 1))]).ravel().tolist()
         return info
 
     @property

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..core.camera_rig import CameraRig
+from ..core.camera_rig import CameraRig, rig_label
 from ..core.types import Observation
 from ..core.vocabulary import Decision
 from ..model.build import build_model, copy_adapter
@@ -200,10 +200,6 @@ class SFTTrainer:
 TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
 
 
-def _rig_name(rig: dict | None) -> str:
-    return f"the {rig['name']} rig" if rig else "the top-down view"
-
-
 def load_training_data(data_dirs) -> dict:
     """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses, plus
     ``rig``: the cameras they were recorded with (None: the top-down view); all must share it."""
@@ -229,8 +225,8 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
         model_cfg = VLAConfig.for_rig(CameraRig.from_dict(data["rig"]))
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
     if model.cfg.rig != data["rig"]:
-        raise ValueError(f"the model drives from {_rig_name(model.cfg.rig)}, the data was recorded with "
-                         f"{_rig_name(data['rig'])}")
+        raise ValueError(f"the model drives from {rig_label(model.cfg.rig)}, the data was recorded with "
+                         f"{rig_label(data['rig'])}")
     if base_checkpoint:  # fine-tuning: keep the decision adapter (and the base it was trained on)
         cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
     elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn

@@ -113,11 +113,7 @@ def project_ground(xy_ego: np.ndarray, camera: CameraSpec, fit: FitGeometry | No
     ``fit``: the image is the native frame brought to the model size by it (``CameraRig.fit``)."""
     xy = np.asarray(xy_ego, dtype=np.float64).reshape(-1, 2)
     pixels, in_front = camera.project(np.column_stack([xy, np.zeros(len(xy))]))
-    if fit is not None:
-        sx, sy = fit.scale
-        left, top = fit.src_box[:2]
-        pixels = (pixels - (left, top)) * (sx, sy) + fit.dst_box[:2]
-    return pixels, in_front
+    return (fit.to_model(pixels) if fit is not None else pixels), in_front
 
 
 def trajectory_in_camera(traj: np.ndarray, camera: CameraSpec, fit: FitGeometry | None = None,
