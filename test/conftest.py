@@ -26,6 +26,24 @@ def tiny_policy(tiny_checkpoint):
     return load_policy(tiny_checkpoint, backend="torch")
 
 
+@pytest.fixture(scope="session")
+def front3_checkpoint(tmp_path_factory):
+    """A tiny random checkpoint for the three front cameras of the ``front3`` rig."""
+    from vla_driver.core.camera_rig import load_rig
+    from vla_driver.model.build import build_random_checkpoint
+    from vla_driver.model.config import VLAConfig
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("rig") / "front3", seed=1,
+                                   cfg=VLAConfig.for_rig(load_rig("front3")))
+
+
+@pytest.fixture(scope="session")
+def front3_policy(front3_checkpoint):
+    from vla_driver.runtime.loading import load_policy
+
+    return load_policy(front3_checkpoint, backend="torch")
+
+
 @pytest.fixture()
 def node_threads():
     """Torch threads as the model nodes set them when they load their own policy (the shared fixtures'

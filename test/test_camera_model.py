@@ -7,7 +7,6 @@ from vla_driver.core.camera_rig import fit_to_model, load_rig
 from vla_driver.core.types import Observation
 from vla_driver.experience.reader import MissingTopicError, TopicMap, read_samples
 from vla_driver.harness.record_sim import record_sim
-from vla_driver.model.build import build_random_checkpoint
 from vla_driver.model.checkpoint import read_manifest
 from vla_driver.model.config import VLAConfig
 from vla_driver.rl.sft import SFTConfig, train_sft
@@ -17,11 +16,6 @@ from vla_driver.sim.highway import DrivingSim
 from vla_driver.sim.shards import load_dataset
 
 FRONT3 = load_rig("front3")
-
-
-@pytest.fixture(scope="module")
-def front3_checkpoint(tmp_path_factory):
-    return build_random_checkpoint(tmp_path_factory.mktemp("rig") / "front3", seed=1, cfg=VLAConfig.for_rig(FRONT3))
 
 
 def native_views(seed: int = 0) -> np.ndarray:

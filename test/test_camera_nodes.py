@@ -17,24 +17,15 @@ from test_nodes import action_node, is_stop, planned
 
 from vla_driver.core.camera_rig import load_rig
 from vla_driver.experience.reader import TopicMap, read_samples
-from vla_driver.model.build import build_random_checkpoint
-from vla_driver.model.config import VLAConfig
 from vla_driver.nodes.camera_set import CameraSet, camera_topic
 from vla_driver.nodes.convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
 from vla_driver.nodes.executor import MultiThreadedExecutor
 from vla_driver.nodes.logger_node import LoggerNode
 from vla_driver.nodes.spin import stop_executor
-from vla_driver.runtime.loading import load_policy
 
 pytestmark = pytest.mark.usefixtures("node_threads")
 harness = test_nodes.harness  # the same fixture: drivers and listeners on a Context of their own
 RIG = load_rig("front3")
-
-
-@pytest.fixture(scope="module")
-def rig_policy(tmp_path_factory):
-    ckpt = build_random_checkpoint(tmp_path_factory.mktemp("rig") / "front3", seed=0, cfg=VLAConfig.for_rig(RIG))
-    return load_policy(ckpt, backend="torch")
 
 
 def frame(h: int, w: int, stamp: float, seed: int = 0):
@@ -65,7 +56,7 @@ def test_a_camera_at_another_resolution_is_refused_with_the_reason():
         cams.on_frame("front", frame(480, 640, 1.1))
 
 
-def test_three_cameras_through_rclpy_one_stops_fallback_names_it_and_driving_recovers(harness, rig_policy):
+def test_three_cameras_through_rclpy_one_stops_fallback_names_it_and_driving_recovers(harness, front3_policy):
     pubs = {n: harness.node.create_publisher(Image, camera_topic(n), 5) for n in RIG.names}
     silent: set[str] = set()
 
@@ -74,7 +65,7 @@ def test_three_cameras_through_rclpy_one_stops_fallback_names_it_and_driving_rec
             if n not in silent:
                 pub.publish(frame(RIG.model_height, RIG.model_width, stamp, seed=len(n)))
 
-    action = action_node(harness, rig_policy)
+    action = action_node(harness, front3_policy)
     assert harness.drive_until(lambda: planned(harness.trajectories()), image=False, also=cameras)
     start, t_stop = len(harness.messages("trajectory")), time.monotonic()
     silent.add("front_left")

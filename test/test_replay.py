@@ -283,3 +283,71 @@ def test_a_remapped_replay_from_the_command_line_hands_rcl_no_deprecated_remap(t
     captured = capfd.readouterr()
     assert "x real time" in captured.out and "plan vs driven path: " in captured.out
     assert "deprecated" not in captured.err
+
+
+@pytest.fixture(scope="module")
+def front3_bag(tmp_path_factory):
+    """5 s of the expert logged with the three cameras of the front3 rig, one topic each."""
+    from vla_driver.core.camera_rig import load_rig
+
+    return record_sim(tmp_path_factory.mktemp("front3"), "highway", 5.0, "expert", seed=2, progress=False,
+                      rig=load_rig("front3"), start_ns=1_700_000_000_000_000_000)
+
+
+def test_a_rig_model_replays_a_rig_bag_one_camera_set_per_frame(front3_bag, front3_checkpoint, front3_policy,
+                                                                 tmp_path, capfd):
+    from vla_driver.experience.reader import TopicMap
+    from vla_driver.runtime.loading import load_policy
+
+    source = open_bag_input(front3_bag, cameras=front3_policy.rig.names)
+    assert source.cameras == ("camera/front_left/image_raw", "camera/front/image_raw", "camera/front_right/image_raw")
+    locked = replay_bag(front3_bag, tmp_path / "locked", lockstep=True, policies=(front3_policy, front3_policy),
+                        domain_id=DOMAIN_ID, frame_timeout_s=FRAME_TIMEOUT_S, progress=False)
+    r = locked.report
+    # every instant is one set of three frames: 50 frames, a plan and a command on each, no fallback
+    assert r["frames"] == 50 and r["trajectories"] == 50 and r["commands"] == 50
+    assert r["fallbacks"] == 0 and r["timeouts"] == {} and r["skipped"] == {} and r["cameras"] == list(source.cameras)
+    assert r["samples"] >= 2 and r["label_source"] == {"logged": r["samples"]}
+    assert "warm-up" not in capfd.readouterr().err  # the nodes warm up on a blank frame of every camera
+    # the recorded bag holds every camera of the rig and reads back as camera sets
+    samples = read_samples(locked.bag, TopicMap.for_cameras(front3_policy.rig.names), progress=False)
+    assert len(samples) == r["samples"] and all(s.image.shape[0] == 3 for s in samples)
+
+    # free-running, the nodes form the sets themselves (approximate time)
+    second = load_policy(front3_checkpoint, backend="torch")
+    free = replay_bag(front3_bag, tmp_path / "free", rate=2.0, policies=(front3_policy, second),
+                      domain_id=DOMAIN_ID, progress=False).report
+    assert free["trajectories"] >= 10 and free["decisions"] >= 2
+
+
+def test_a_rig_model_names_the_camera_an_old_single_camera_bag_lacks(sim_bag, front3_checkpoint, tmp_path, capsys):
+    from vla_driver.cli import main
+
+    assert main(["replay", str(sim_bag), "--lockstep", "--checkpoint", str(front3_checkpoint),
+                 "--backend", "torch", "--out", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert "'/camera/front_left/image_raw' (camera 'front_left' of the model's rig)" in message
+    assert "/camera/image_raw" in message and "--remap BAG_TOPIC:=/camera/front_left/image_raw" in message
+
+
+def test_camera_sets_group_an_instant_and_drop_one_a_camera_missed():
+    from collections import Counter
+
+    from vla_driver.experience import messages as msgs
+    from vla_driver.harness.lockstep import FRAME, camera_sets
+
+    cams, types = ("a", "b"), {"a": msgs.IMAGE, "b": msgs.IMAGE}
+
+    def frame(cam, t_ms):
+        t = 10**9 + t_ms * 10**6
+        return cam, t, msgs.image_message(np.zeros((2, 2, 3), np.uint8), t)
+
+    stream = [frame("a", 0), ("odom", 10**9, b"o"), frame("b", 1),  # an instant, odometry in between
+              frame("a", 100),  # b never sends this instant
+              frame("b", 200), frame("a", 201)]  # the next arrives in the other order
+    counts = Counter()
+    out = list(camera_sets(stream, cams, types, counts))
+    assert [o[0] for o in out] == ["odom", FRAME, FRAME]
+    assert list(out[1][2]) == ["a", "b"] and out[1][1] == 10**9 + 10**6  # the newest frame's time
+    assert list(out[2][2]) == ["a", "b"] and out[2][2]["a"][1] == stream[5][2]  # in the rig's order
+    assert counts == {"camera_set_incomplete": 1}

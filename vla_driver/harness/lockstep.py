@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from ..experience import messages as m
 from ..experience.messages import header_stamp_ns
+from ..experience.reader import STAMP_MATCH_NS
 from .replay_player import ReplayPlayer
 from .wait import wait_until
 
@@ -49,7 +51,8 @@ class LockstepPlayer(ReplayPlayer):
         bar = tqdm(total=self.source.frames, unit="frame", desc="replay (lockstep)", disable=not progress,
                    leave=False)
         start = time.perf_counter()
-        with closing(read_ahead(self.source.messages())) as messages:
+        cameras = self.source.cameras
+        with closing(read_ahead(camera_sets(self.source.messages(), cameras, self.source.types, self.skipped))) as messages:
             for role, t_ns, raw in messages:
                 first = t_ns if first is None else first
                 last = t_ns
@@ -59,18 +62,19 @@ class LockstepPlayer(ReplayPlayer):
                 elif role == "navigation":
                     expect["navigation"] = m.deserialize(raw, m.STRING).data.strip() or expect["navigation"]
                 frame_start = time.perf_counter()
-                if role == "image" and self._grid_origin is None:
+                if role != FRAME:
+                    self._play(role, t_ns, raw)
+                    continue
+                if self._grid_origin is None:
                     self._grid_origin = t_ns
                 # a frame goes only to the nodes that run a cycle on it: the others would decode it for nothing
-                deciding = role == "image" and t_ns >= self._next_decision
-                planning = role == "image" and t_ns >= self._next_plan
-                self._play(role, t_ns, raw, to_decision=deciding, to_action=planning)
-                if role != "image":
-                    continue
+                deciding, planning = t_ns >= self._next_decision, t_ns >= self._next_plan
+                for camera, (frame_ns, frame_raw) in raw.items():
+                    self._play(camera, frame_ns, frame_raw, to_decision=deciding, to_action=planning)
                 self._settle()
                 self._set_clock(t_ns)
-                self._wait_inputs(_node_seconds(header_stamp_ns(raw, self.source.types["image"])), t_ns, expect,
-                                  rejected, deciding, planning)
+                stamp = max(_node_seconds(header_stamp_ns(r, self.source.types[c])) for c, (_, r) in raw.items())
+                self._wait_inputs(stamp, t_ns, expect, rejected, deciding, planning)
                 self._cycle(t_ns, frame_start, deciding, planning)
                 rejected = {n: self._rejected(n) for n in rejected}
                 frames += 1
@@ -147,6 +151,42 @@ class LockstepPlayer(ReplayPlayer):
                            self.timeout):
             self.timeouts["inputs"] += 1
             log.warning("replay: the nodes did not receive the frame at %.3f within %.1f s", stamp, self.timeout)
+
+
+FRAME = "frame"  # what camera_sets yields for one instant of every camera
+MAX_PENDING_SETS = 8  # instants waiting for their other cameras
+
+
+def camera_sets(messages: Iterable, cameras: tuple[str, ...], types: dict[str, str],
+                counts: Counter | None = None) -> Iterator:
+    """The bag's messages with each instant's camera frames as one item: (FRAME, time of its newest frame,
+    {camera: (time, raw)} in the rig's order); other roles pass through as they are. A rig's cameras are
+    stamped alike per instant (within ``STAMP_MATCH_NS``); an instant a camera is missing from is dropped
+    once a later one is complete, or when more than ``MAX_PENDING_SETS`` wait (a camera that stopped must
+    not hold every other camera's frames in memory); ``counts["camera_set_incomplete"]`` counts them. The
+    nodes would form no set from such an instant either."""
+    counts = Counter() if counts is None else counts
+    pending: list[tuple[int, dict]] = []  # (header stamp, {camera: (t_ns, raw)}), oldest first
+    for role, t_ns, raw in messages:
+        if role not in cameras:
+            yield role, t_ns, raw
+            continue
+        stamp = header_stamp_ns(raw, types[role])
+        group = next((g for s, g in pending if abs(s - stamp) <= STAMP_MATCH_NS and role not in g), None)
+        if group is None:
+            group = {}
+            pending.append((stamp, group))
+            if len(pending) > MAX_PENDING_SETS:
+                pending.pop(0)
+                counts["camera_set_incomplete"] += 1
+        group[role] = (t_ns, raw)
+        if len(group) < len(cameras):
+            continue
+        while pending[0][1] is not group:  # older instants can no longer complete
+            pending.pop(0)
+            counts["camera_set_incomplete"] += 1
+        pending.pop(0)
+        yield FRAME, max(t for t, _ in group.values()), {c: group[c] for c in cameras}
 
 
 def _node_seconds(stamp_ns: int) -> float:

@@ -69,18 +69,15 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
         raise ValueError(f"truth must be one of {REPLAY_TRUTHS}, got {truth!r}")
     if not lockstep and not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
-    source = open_bag_input(bag, remaps)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if policies is None:
         # lockstep calls one shared policy from one thread; free-running, two nodes infer at once
         threads = inference_threads(model_nodes=1 if lockstep else 2)
         first = load_policy(checkpoint, backend, threads=threads)
         policies = (first, first if lockstep else load_policy(checkpoint, backend, threads=threads))
-    if policies[0].rig is not None:
-        raise ValueError(f"model {policies[0].model_version} drives from the cameras of the {policies[0].rig.name} "
-                         "rig; replaying bags through a rig's nodes is not supported yet (the top-down models "
-                         "replay; a rig model is scored open loop with `vla-driver bench open-loop`)")
+    rig = policies[0].rig
+    source = open_bag_input(bag, remaps, rig.names if rig is not None else None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     player = (LockstepPlayer if lockstep else ReplayPlayer)(source, out_dir / "bag", policies, decision_rate_hz,
                                                             domain_id, frame_timeout_s)
     try:

@@ -1,8 +1,10 @@
 """The drive a replay plays: a bag's topics matched to the nodes' inputs, checked before anything runs.
 
 Topics are matched to roles by the experience schema's names (``experience.reader.TopicMap`` defaults:
-``/camera/image_raw``, ``/odom``, ``/navigation``, ...); ``remaps`` rename bag topics first
-(``{"/image": "/camera/image_raw"}``). ``/clock`` follows the camera's header stamps.
+``/camera/image_raw``, ``/odom``, ``/navigation``, ...; a rig model's cameras ``/camera/<name>/image_raw``);
+``remaps`` rename bag topics first (``{"/carla/ego_vehicle/rgb_front/image": "/camera/front/image_raw"}``).
+A camera's role is the topic the model nodes subscribe it on (``image`` for the top-down models,
+``camera/<name>/image_raw`` for a rig's). ``/clock`` follows the first camera's header stamps.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ from rosbags.highlevel import AnyReader
 from ..experience import messages as m
 from ..experience.messages import header_stamp_ns
 from ..experience.reader import ROLE_TYPES, MissingTopicError, TopicMap, find_bags, timelines
+from ..nodes.camera_set import LEGACY_CAMERA, camera_topic
 
-SCHEMA = TopicMap()
-PLAYED = ("image", "odom", "navigation")  # roles fed to the nodes
-REQUIRED = ("image", "odom")
+PLAYED = ("odom", "navigation")  # roles fed to the nodes besides the cameras
 
 
 def parse_remaps(items) -> dict[str, str]:
@@ -43,24 +44,36 @@ class BagInput:
     clock_offset_ns: int  # camera header stamps minus bag time: /clock follows the stamps
     start_ns: int
     end_ns: int
-    frames: int
+    frames: int  # of the first camera
+    cameras: tuple[str, ...] = (LEGACY_CAMERA,)  # camera roles, in the rig's order
+    schema: dict[str, str] | None = None  # role -> the experience schema's topic (where a replay records it)
+
+    @property
+    def played(self) -> tuple[str, ...]:
+        """The roles fed to the nodes: every camera, odometry and (if the bag has it) navigation."""
+        return (*self.cameras, *(r for r in PLAYED if r in self.topics))
 
     @property
     def source(self) -> str:
         return self.bags[0].name if len(self.bags) == 1 else f"{self.bags[0].name} .. {self.bags[-1].name}"
 
-    def messages(self, roles=PLAYED) -> Iterator[tuple[str, int, bytes]]:
-        """(role, time on the stamp clock in ns, CDR bytes) of ``roles``, in time order."""
-        by_topic = {self.topics[r]: r for r in roles if r in self.topics}
+    def messages(self, roles=None) -> Iterator[tuple[str, int, bytes]]:
+        """(role, time on the stamp clock in ns, CDR bytes) of ``roles`` (default: the played ones), in time order."""
+        by_topic = {self.topics[r]: r for r in roles or self.played if r in self.topics}
         with AnyReader(self.bags, default_typestore=m.TYPESTORE) as reader:
             conns = [c for c in reader.connections if c.topic in by_topic]
             for conn, t_ns, raw in reader.messages(connections=conns):
                 yield by_topic[conn.topic], t_ns + self.clock_offset_ns, bytes(raw)
 
 
-def open_bag_input(path, remaps: dict[str, str] | None = None) -> BagInput:
-    """Check that the bag can be replayed; a missing camera or odometry raises ``MissingTopicError``."""
+def open_bag_input(path, remaps: dict[str, str] | None = None, cameras: tuple[str, ...] | None = None) -> BagInput:
+    """Check that the bag can be replayed to a model driving from ``cameras`` (a rig's names; None: the
+    top-down models' one camera); a missing camera or odometry raises ``MissingTopicError``."""
     remaps = remaps or {}
+    schema_map = TopicMap.for_cameras(cameras)
+    camera_roles = tuple(camera_topic(n) for n in cameras) if cameras else (LEGACY_CAMERA,)
+    schema = {**dict(zip(camera_roles, (schema_map.image, *schema_map.more_cameras), strict=True)),
+              **{r: t for r, t in schema_map.roles().items() if r != "image"}}
     groups = timelines(find_bags(path))
     if len(groups) != 1:
         raise ValueError(f"{path} holds {len(groups)} separate drives; replay one bag or one route at a time")
@@ -77,25 +90,30 @@ def open_bag_input(path, remaps: dict[str, str] | None = None) -> BagInput:
                              + ", ".join(sorted(available)))
         named = {remaps.get(name, name): name for name in infos}
         topics, types = {}, {}
-        for role, wanted in SCHEMA.roles().items():
+        for role, wanted in schema.items():
+            kind = "image" if role in camera_roles else role
             name = named.get(wanted)
             if name is None or infos[name].msgcount == 0:
-                if role in REQUIRED:
+                if role in camera_roles:
+                    label = f"camera {role.split('/')[1]!r} of the model's rig" if cameras else "image"
+                    raise MissingTopicError(wanted, label, available, source)
+                if role == "odom":
                     raise MissingTopicError(wanted, role, available, source)
                 continue
-            if infos[name].msgtype not in ROLE_TYPES[role]:
+            if infos[name].msgtype not in ROLE_TYPES[kind]:
                 raise ValueError(f"{source}: topic {name} ({role}) is {infos[name].msgtype}, expected one of "
-                                 f"{', '.join(ROLE_TYPES[role])}")
+                                 f"{', '.join(ROLE_TYPES[kind])}")
             topics[role], types[role] = name, infos[name].msgtype
+        first = camera_roles[0]
         offsets = []
-        image_conns = [c for c in reader.connections if c.topic == topics["image"]]
+        image_conns = [c for c in reader.connections if c.topic == topics[first]]
         for conn, t_ns, raw in reader.messages(connections=image_conns):
             offsets.append(header_stamp_ns(raw, conn.msgtype) - t_ns)
             if len(offsets) >= 100:
                 break
         offset = sorted(offsets)[len(offsets) // 2]  # median, in integers: float64 cannot hold ns at 1e18
         return BagInput(bags, topics, types, available, offset, reader.start_time,
-                        reader.end_time, infos[topics["image"]].msgcount)
+                        reader.end_time, infos[topics[first]].msgcount, camera_roles, schema)
 
 
 def raw_image_cdr(raw: bytes, msgtype: str) -> bytes:

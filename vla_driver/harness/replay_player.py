@@ -39,14 +39,14 @@ from ..nodes.action_node import ActionNode
 from ..nodes.controller_node import ControllerNode
 from ..nodes.decision_node import DecisionNode
 from ..nodes.executor import MultiThreadedExecutor
-from .replay_input import PLAYED, SCHEMA, BagInput, raw_image_cdr
+from .replay_input import BagInput, raw_image_cdr
 from .wait import wait_until
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("decision", "trajectory", "cmd_vel")  # roles the nodes publish
-OUTPUT_TYPES = {"image": m.IMAGE, "odom": m.ODOMETRY, "navigation": m.STRING, "decision": m.STRING,
-                "trajectory": m.PATH, "cmd_vel": m.TWIST}
+RECORDED_TYPES = {"odom": m.ODOMETRY, "navigation": m.STRING, "decision": m.STRING, "trajectory": m.PATH,
+                  "cmd_vel": m.TWIST}  # a camera is recorded as sensor_msgs/Image (compressed ones decoded)
 
 
 REPLAY_PREFIX = "replay_"  # the segments a replay records are named replay_<start>...
@@ -93,13 +93,14 @@ class ReplayPlayer:
         self.outputs: list[tuple[int, str, bytes]] = []
         self.received: Counter = Counter()
         self.timeouts: Counter = Counter()
+        self.skipped: Counter = Counter()  # camera frames not played, by reason (lockstep)
         self.frame_ms: list[float] = []
         self._held_odom: list[bytes] = []  # lockstep: odometry the controller gets once it has commanded
         self._pending: tuple[int, float] | None = None  # lockstep: (trajectories expected, frame start)
         clear_earlier_replays(out_bag)
         self.writer = SegmentWriter(out_bag, min_free_bytes=64 << 20, name_prefix=REPLAY_PREFIX)
-        for role in [r for r in PLAYED if r in source.topics] + list(OUTPUTS):
-            self.writer.add_topic(getattr(SCHEMA, role), OUTPUT_TYPES[role])
+        for role in (*source.played, *OUTPUTS):
+            self.writer.add_topic(source.schema[role], RECORDED_TYPES.get(role, m.IMAGE))
 
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.context = rclpy.Context()
@@ -117,10 +118,10 @@ class ReplayPlayer:
 
         self.nodes, self.executor, self._parked = [], None, []
         try:
-            # own camera topic: in lockstep it only gets the frames it decides on (it uses no other)
+            # own camera topics: in lockstep it only gets the frames it decides on (it uses no other)
             self.decision = self._add(DecisionNode(policies[0], on_decision=self._on_decision,
                                                    parameter_overrides=params(rate_hz=float(decision_rate_hz)),
-                                                   **remapped("image:=decision_image")))
+                                                   **remapped(*(f"{c}:={_to_decision(c)}" for c in source.cameras))))
             # lockstep has no wall-clock deadline: a slow CPU must not turn plans into fallbacks
             action = {"plan_on_image": False, **({"deadline_ms": 1e9} if lockstep else {})}
             self.action = self._add(ActionNode(policies[1], on_trajectory=self._on_trajectory,
@@ -130,9 +131,9 @@ class ReplayPlayer:
                                                        **remapped("odom:=controller_odom")))
             self.io = self._add(Node("replay_player", **common))
             self.clock_pub = self.io.create_publisher(Clock, "/clock", 10)
+            cameras = [(topic, Image) for c in source.cameras for topic in (c, _to_decision(c))]
             self.pubs = {role: self.io.create_publisher(cls, role, QoSProfile(depth=10)) for role, cls in (
-                ("image", Image), ("decision_image", Image), ("odom", Odometry), ("controller_odom", Odometry),
-                ("navigation", String))}
+                *cameras, ("odom", Odometry), ("controller_odom", Odometry), ("navigation", String))}
             for role, cls in (("decision", String), ("trajectory", PathMsg), ("cmd_vel", Twist)):
                 self.io.create_subscription(cls, role, self._recorder(role), QoSProfile(depth=1000), raw=True)
             if lockstep:  # the player runs the cycles; sim-time timers would race it
@@ -158,8 +159,9 @@ class ReplayPlayer:
     def _wait_for_graph(self) -> None:
         def connected():
             io = self.io
+            cameras = [(topic, 1) for c in self.source.cameras for topic in (c, _to_decision(c))]
             ins = all(self.pubs[r].get_subscription_count() >= n
-                      for r, n in (("image", 1), ("decision_image", 1), ("odom", 2), ("controller_odom", 1)))
+                      for r, n in (*cameras, ("odom", 2), ("controller_odom", 1)))
             outs = all(io.count_publishers(io.resolve_topic_name(r)) >= 1 for r in OUTPUTS)
             # both ends of every connection: a message sent before the reader matched is lost for good
             subs = all(sub.get_publisher_count() >= 1 for node in self.nodes for sub in node.subscriptions
@@ -180,7 +182,7 @@ class ReplayPlayer:
             self.trajectories.append((stamp, np.array(traj.poses), bool(fallback)))
 
     def _recorder(self, role: str):
-        name = getattr(SCHEMA, role)
+        name = self.source.schema[role]
 
         def record(data: bytes) -> None:
             with self.cond:
@@ -204,19 +206,19 @@ class ReplayPlayer:
         """Publish one input (and record it); lockstep holds the controller's odometry back (``_settle``) and
         sends a camera frame only to the model nodes that run a cycle on it (``to_decision``, ``to_action``):
         a frame no node gets is neither decoded nor recorded (the recorded bag holds what the nodes saw)."""
-        if role == "image":
+        if role in self.source.cameras:
             if not (to_decision or to_action):
                 return
-            raw = raw_image_cdr(raw, self.source.types["image"])
+            raw = raw_image_cdr(raw, self.source.types[role])
             if to_decision:
-                self.pubs["decision_image"].publish(raw)
+                self.pubs[_to_decision(role)].publish(raw)
             if to_action:
-                self.pubs["image"].publish(raw)
+                self.pubs[role].publish(raw)
         else:
             self.pubs[role].publish(raw)
         if role == "odom" and not self.lockstep:
             self.pubs["controller_odom"].publish(raw)
-        self.writer.write(getattr(SCHEMA, role), t_ns, raw)
+        self.writer.write(self.source.schema[role], t_ns, raw)
 
     def _set_clock(self, t_ns: int) -> None:
         with self.cond:
@@ -247,7 +249,7 @@ class ReplayPlayer:
                 self._set_clock(t_ns)
             self._play(role, t_ns, raw)
             last = t_ns
-            if role == "image":
+            if role == self.source.cameras[0]:
                 frames += 1
                 bar.update()
         bar.close()
@@ -266,7 +268,7 @@ class ReplayPlayer:
             "realtime_factor": round(span / wall, 3) if wall > 0 else None,
             "decisions": len(self.decisions), "trajectories": len(self.trajectories),
             "fallbacks": sum(fb for _, _, fb in self.trajectories), "commands": self.received["cmd_vel"],
-            "timeouts": dict(self.timeouts),
+            "timeouts": dict(self.timeouts), "skipped": dict(self.skipped), "cameras": list(self.source.cameras),
             "frame_latency_ms": _percentiles(self.frame_ms) if self.lockstep else None,
             "decision_latency_ms": _percentiles(d.get("latency_ms") for d in self.decisions),
         }
@@ -301,6 +303,11 @@ class ReplayPlayer:
             node.destroy_node()
         self._shutdown()
         self.writer.close()
+
+
+def _to_decision(camera: str) -> str:
+    """The decision node's own topic for a camera: in lockstep it gets only the frames it decides on."""
+    return f"decision/{camera}"
 
 
 def _park_qos_event_handlers(nodes) -> list:

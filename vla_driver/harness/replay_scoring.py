@@ -64,7 +64,9 @@ def evaluate_replay(out_bag, source: BagInput, vocab: DecisionVocabulary, spec: 
 
     Returns {"report": figures, "rows": per-sample rows for the plots}.
     """
-    samples = read_samples(out_bag, TopicMap(takeover=None, events=None), sample_period_s=decision_period_s,
+    cameras = [source.schema[c] for c in source.cameras]  # as the replay recorded them
+    recorded = TopicMap(image=cameras[0], more_cameras=tuple(cameras[1:]), takeover=None, events=None)
+    samples = read_samples(out_bag, recorded, sample_period_s=decision_period_s,
                            horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=False)
     logged = _logged_decisions(source, vocab) if truth == "logged" and "decision" in source.topics else []
     stamps = np.array([s for s, _ in logged], dtype=np.int64)

@@ -93,7 +93,7 @@ class ActionNode(HotSwap, Node):
 
     def _plan_twice(self, policy) -> None:
         for _ in range(2):
-            policy.plan(blank_observation(self.params.default_navigation), self._default_decision(policy))
+            policy.plan(blank_observation(self.params.default_navigation, policy.rig), self._default_decision(policy))
 
     def _warm_up(self) -> None:
         """Plan twice on a blank frame: torch's lazy initialisation must not land on the first deadline."""

@@ -66,7 +66,7 @@ class DecisionNode(HotSwap, Node):
         )
 
     def _warm_up_policy(self, policy) -> None:
-        policy.decide(blank_observation(self.params.default_navigation))
+        policy.decide(blank_observation(self.params.default_navigation, policy.rig))
 
     def decide(self) -> None:
         self.adopt_new_policy()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 
-from vla_driver.core.camera_rig import rig_label
+from vla_driver.core.camera_rig import CameraRig, rig_label
 from vla_driver.core.types import CAMERA_SIZE, Observation
 from vla_driver.runtime.loading import inference_threads
 from vla_driver.runtime.loading import load_policy as runtime_load_policy
@@ -37,9 +37,11 @@ def load_policy(checkpoint: str, backend: str):
     return runtime_load_policy(checkpoint, backend, threads=inference_threads())
 
 
-def blank_observation(navigation: str) -> Observation:
-    """A black frame at standstill, for warming a policy up before the first real input."""
-    return Observation(image=np.zeros((*CAMERA_SIZE, 3), np.uint8), speed=0.0, navigation=navigation)
+def blank_observation(navigation: str, rig: CameraRig | None = None) -> Observation:
+    """Black frames at standstill (one per camera of ``rig``, at the model's size), for warming a policy up
+    before the first real input."""
+    shape = (*CAMERA_SIZE, 3) if rig is None else (len(rig.names), rig.model_height, rig.model_width, 3)
+    return Observation(image=np.zeros(shape, np.uint8), speed=0.0, navigation=navigation)
 
 
 class HotSwap:

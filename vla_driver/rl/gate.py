@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.camera_rig import CameraRig
 from ..core.metrics import EpisodeResult, mean_ci95
 from ..experience.reader import find_bags, timelines
 from ..harness.replay import replay_bag
 from ..harness.replay_input import open_bag_input
 from ..model.checkpoint import read_manifest, sha256_file, verify_checkpoint
-from ..runtime.loading import ensure_exported, load_policy
+from ..runtime.loading import ensure_exported, load_policy, resolve_checkpoint
 from ..runtime.tensorrt_builder import build_engine
 from ..runtime.tensorrt_env import tensorrt_available
 from ..sim.closed_loop import HELDOUT_SEEDS, evaluate
@@ -146,15 +147,21 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
             "via": "harness.replay", "report": str(out / "report.json")}
 
 
-def replay_drives(paths) -> list:
+def replay_drives(paths, cameras: tuple[str, ...] | None = None) -> list:
     """The drives in ``paths`` (bags, a route's segment folder, folders of several drives), each as what
     :func:`replay_accuracy` takes: the bag, or the list of one route's segments. A missing path, a folder
-    without bags or a bag that cannot be replayed (no camera or odometry, ROS 1) raises here, before
-    anything is driven."""
+    without bags or a bag that cannot be replayed to a model driving from ``cameras`` (a camera or the
+    odometry missing, ROS 1) raises here, before anything is driven."""
     drives = [drive[0] if len(drive) == 1 else drive for drive in timelines(find_bags(paths))]
     for drive in drives:
-        open_bag_input(drive)
+        open_bag_input(drive, cameras=cameras)
     return drives
+
+
+def checkpoint_cameras(checkpoint) -> tuple[str, ...] | None:
+    """The cameras a checkpoint drives from, read from its manifest (None: the top-down view)."""
+    rig = read_manifest(resolve_checkpoint(checkpoint))["config"].get("rig")
+    return CameraRig.from_dict(rig).names if rig else None
 
 
 def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=None, truth: str = "logged") -> dict:
@@ -179,7 +186,7 @@ def gate(current, candidate, replay=(), scenarios=DEFAULT_SCENARIOS, seeds=None,
          threads: int = 2, replay_truth: str = "logged") -> GateDecision:
     """Promote ``candidate`` over ``current``? See the module docstring for the rules. ``replay``: bags or
     folders of them (``replay_drives``), checked before the closed-loop runs start."""
-    drives = replay_drives(replay) if replay else []
+    drives = replay_drives(replay, checkpoint_cameras(candidate)) if replay else []
     comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress,
                                   workers, threads)
     o = comparison["overall"]
