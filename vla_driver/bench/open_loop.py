@@ -27,12 +27,12 @@ def open_loop_metrics(checkpoints: dict, bags, backend: str = "torch", progress:
     policies = {name: load_policy(path, backend) for name, path in checkpoints.items()}
     first_name, first = next(iter(policies.items()))
     vocab, spec = first.vocab, first.spec
-    rigs = {p.rig for p in policies.values()}
+    rigs = {(p.rig, p.history) for p in policies.values()}
     if len(rigs) > 1:
-        raise ValueError("the checkpoints drive from different cameras: score them on separate runs")
+        raise ValueError("the checkpoints drive from different cameras or histories: score them on separate runs")
     cameras = first.rig.names if first.rig is not None else None
     samples = read_samples([str(b) for b in bags], TopicMap.for_cameras(cameras), horizon_s=spec.horizon,
-                           waypoint_dt_s=spec.dt, progress=progress)
+                           waypoint_dt_s=spec.dt, history=first.history, progress=progress)
     truths = []
     for s in samples:
         d = s.decision

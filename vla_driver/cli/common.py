@@ -15,6 +15,8 @@ def add_rig_argument(parser) -> None:
     parser.add_argument("--rig", default="front",
                         help="cameras to record: a preset of config/rigs (front, front3, surround6), a rig YAML, or "
                              "'topdown' for the map view the models before perspective cameras were trained on")
+    parser.add_argument("--history", type=int, default=1,
+                        help="frames per camera the model sees, one per 0.5 s, oldest first (default 1)")
 
 
 def rig_from_args(args) -> CameraRig | None:

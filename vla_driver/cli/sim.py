@@ -143,6 +143,6 @@ def record_command(args) -> int:
     rig = driver.rig if driver is not None else rig_from_args(args)
     meta = record_expert_dataset(args.out, scenarios, seeds, frame_hz=args.frame_hz, perturb_prob=args.perturb,
                                  driver=driver, expert_share=args.expert_share, rig=rig,
-                                 randomize_appearance=not args.same_appearance)
+                                 randomize_appearance=not args.same_appearance, history=args.history)
     print(json.dumps({"dataset": args.out, "samples": meta["samples"], "shards": len(meta["shards"])}))
     return 0

@@ -57,7 +57,8 @@ def train_sft(args) -> int:
     parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
     data = Path(args.data[0])
     if parallel.is_main and not any(data.glob("*.npz")):
-        record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]), rig=rig_from_args(args))
+        record_expert_dataset(data, scenarios, list(TRAIN_SEEDS[: args.episodes]), rig=rig_from_args(args),
+                              history=args.history)
     parallel.wait()  # the other processes read the data the main one recorded
     report = run(args.data, args.out, args.from_checkpoint or None, cfg, parallel=parallel)
     if parallel.is_main:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..core.camera_rig import camera_topic
 from ..core.ego import filtered_accel_series
+from ..core.frame_history import history_picks, stack_history
 from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_SEPARATOR, DecisionVocabulary
@@ -424,9 +425,10 @@ def _window_flags(tl: _Timeline, t: int, end: int) -> tuple[bool, bool, float | 
 
 
 def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float = 0.5, horizon_s: float = 3.0,
-                 *, waypoint_dt_s: float = 0.5, max_odom_gap_s: float = 0.5,
+                 *, waypoint_dt_s: float = 0.5, max_odom_gap_s: float = 0.5, history: int = 1,
                  progress: bool = True) -> list[ExperienceSample]:
-    """Training samples from bags (a bag dir, a folder of segments, or a list of them); rules in the docs."""
+    """Training samples from bags (a bag dir, a folder of segments, or a list of them); rules in the docs.
+    ``history`` > 1: each sample's image holds that many frames per camera (``core.frame_history``)."""
     topic_map = topics or TopicMap()
     if sample_period_s <= 0 or horizon_s <= 0 or waypoint_dt_s <= 0:
         raise ValueError("sample_period_s, horizon_s and waypoint_dt_s must be positive")
@@ -445,7 +447,7 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
                 raise MissingTopicError(missing[0], "image", {n: i.msgtype or "?" for n, i in reader.topics.items()},
                                         source)
             new = _cut(reader, present["image"], tl, source, sample_period_s, horizon_s, waypoint_dt_s,
-                       max_odom_gap_s, skipped, topic_map.more_cameras)
+                       max_odom_gap_s, skipped, topic_map.more_cameras, history)
         samples.extend(new)
     if skipped:
         log.info("read_samples: %d samples; skipped %s", len(samples), dict(skipped))
@@ -453,7 +455,8 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
 
 
 def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period_s: float, horizon_s: float,
-         dt: float, max_gap_s: float, skipped: Counter, more_cameras: tuple[str, ...] = ()) -> list[ExperienceSample]:
+         dt: float, max_gap_s: float, skipped: Counter, more_cameras: tuple[str, ...] = (),
+         history: int = 1) -> list[ExperienceSample]:
     period_ns, horizon_ns = int(period_s * 1e9), int(horizon_s * 1e9)
     offsets = np.arange(1, int(round(horizon_s / dt)) + 1) * int(dt * 1e9)
     plans = []
@@ -463,21 +466,20 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
             skipped["odometry_not_covering_horizon"] += 1
             continue
         plans.append((idx, k, t))
-    frames = _decode_images(reader, image_topic, {int(tl.image_order[idx]) for idx, _, _ in plans}, skipped)
-    stamps = {int(tl.image_header[idx]) for idx, _, _ in plans}
-    others = [_decode_by_stamp(reader, topic, stamps, skipped) for topic in more_cameras]
+    header_s = (tl.image_header / 1e9).tolist()
+    # the frames each sample sees, oldest first (the anchor frame last)
+    seen = {idx: history_picks(header_s, header_s[idx], history) if history > 1 else [idx] for idx, _, _ in plans}
+    wanted = {i for picks in seen.values() for i in picks}
+    frames = _decode_images(reader, image_topic, {int(tl.image_order[i]) for i in wanted}, skipped)
+    others = [_decode_by_stamp(reader, topic, {int(tl.image_header[i]) for i in wanted}, skipped)
+              for topic in more_cameras]
     samples = []
     accel = filtered_accel_series(tl.odom_t / 1e9, tl.odom[:, 3])
     for idx, k, t in plans:
-        image = frames.get(int(tl.image_order[idx]))
-        if image is None:
+        sets = [_camera_set(i, tl, frames, others, skipped) for i in seen[idx]]
+        if any(s is None for s in sets):
             continue
-        if more_cameras:  # the rig's other cameras at the same instant, or no sample
-            views = [other.get(int(tl.image_header[idx])) for other in others]
-            if any(v is None or v.shape != image.shape for v in views):
-                skipped["camera_set_incomplete"] += 1
-                continue
-            image = np.stack([image, *views])
+        image = sets[0] if history == 1 else stack_history([s if more_cameras else s[None] for s in sets])
         now = _odom_at(tl, np.array([t]))[0]
         future = _odom_at(tl, t + offsets)
         motion = future_poses_to_ego(future[:, :2], future[:, 2], now[:2], now[2])
@@ -495,6 +497,19 @@ def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period
             image_stamp=int(tl.image_header[idx]) / 1e9, source=source,
         ))
     return samples
+
+
+def _camera_set(i: int, tl: _Timeline, frames: dict, others: list[dict], skipped: Counter) -> np.ndarray | None:
+    """Frame ``i`` of the first camera, stacked with the rig's other cameras at its instant; None (counted)
+    when a frame is missing or a camera's size differs."""
+    image = frames.get(int(tl.image_order[i]))
+    if image is None or not others:
+        return image
+    views = [other.get(int(tl.image_header[i])) for other in others]
+    if any(v is None or v.shape != image.shape for v in views):
+        skipped["camera_set_incomplete"] += 1
+        return None
+    return np.stack([image, *views])
 
 
 def _decode_by_stamp(reader: AnyReader, topic: str, stamps: set[int], skipped: Counter) -> dict[int, np.ndarray]:

@@ -67,7 +67,7 @@ class ActionNode(HotSwap, Node):
         self.on_trajectory = on_trajectory
         self.default_decision = self._default_decision(self.policy)
         self.inputs = ObservationAssembler(self.params.default_navigation,
-                                           CameraSet(self.policy.rig, self.params.camera_slop_s))
+                                           CameraSet(self.policy.rig, self.params.camera_slop_s, self.policy.history))
         self.decision: tuple[Decision, float] | None = None
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_planned_stamp = None
@@ -93,7 +93,7 @@ class ActionNode(HotSwap, Node):
 
     def _plan_twice(self, policy) -> None:
         for _ in range(2):
-            policy.plan(blank_observation(self.params.default_navigation, policy.rig), self._default_decision(policy))
+            policy.plan(blank_observation(self.params.default_navigation, policy.rig, policy.history), self._default_decision(policy))
 
     def _warm_up(self) -> None:
         """Plan twice on a blank frame: torch's lazy initialisation must not land on the first deadline."""

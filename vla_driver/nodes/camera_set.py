@@ -4,7 +4,8 @@ Approximate-time policy: each camera's newest frame is kept; a set is formed whe
 cameras lie within ``slop_s`` of each other, stamped with the newest. A camera whose frame trails the
 others by more than ``slop_s`` lags (the node says which); one that stops goes stale past the node's
 ``max_input_age_s`` and the node falls back as for a missing image. Without a rig there is one camera,
-``image``, as the top-down models were trained.
+``image``, as the top-down models were trained. A model with a frame history gets each set with the
+earlier sets ``core.frame_history`` picks (held at the model's input size).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sensor_msgs.msg import Image
 
 from vla_driver.core.camera_rig import CameraRig, fit_to_model
 from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
+from vla_driver.core.frame_history import FrameHistory
 
 from .convert import BadMessage, image_to_rgb, stamp_to_seconds
 
@@ -27,11 +29,12 @@ def camera_topic(name: str) -> str:
 
 
 class CameraSet:
-    def __init__(self, rig: CameraRig | None = None, slop_s: float = 0.05):
+    def __init__(self, rig: CameraRig | None = None, slop_s: float = 0.05, history: int = 1):
         self.rig, self.slop_s = rig, float(slop_s)
         self.names = rig.names if rig is not None else (LEGACY_CAMERA,)
         self.latest: dict[str, tuple[np.ndarray, float]] = {}
-        self.synced: tuple[np.ndarray, float] | None = None  # (image, or (cameras, h, w, 3) stack; stamp)
+        self.synced: tuple[np.ndarray, float] | None = None  # (image, or (views, h, w, 3) stack; stamp)
+        self.history = FrameHistory(history) if history > 1 else None
 
     def sizes(self, name: str) -> tuple[tuple[int, int], ...]:
         """(H, W) accepted from camera ``name``: its native size, or already the model's input size."""
@@ -60,10 +63,14 @@ class CameraSet:
         if self.rig is None:
             self.synced = latest[LEGACY_CAMERA]
             return
-        frames = [latest[n][0] for n in self.names]
-        shapes = {f.shape for f in frames}
-        image = np.stack(frames) if len(shapes) == 1 else _same_size(frames, self.rig)
-        self.synced = (image, max(stamps))
+        frames, stamp = [latest[n][0] for n in self.names], max(stamps)
+        if self.history is not None:  # held at the model's size: native frames would cost ~1.4 MB each
+            self.history.push(_model_size(frames, self.rig), stamp)
+            self.synced = (self.history.views(), stamp)
+        elif len({f.shape for f in frames}) == 1:
+            self.synced = (np.stack(frames), stamp)
+        else:
+            self.synced = (_model_size(frames, self.rig), stamp)
 
     def ages(self, now: float) -> dict[str, float | None]:
         """Seconds since each camera's newest frame (None = never received), clamped at 0."""
@@ -92,7 +99,7 @@ class CameraSet:
             node.create_subscription(Image, camera_topic(name), guard(self.key(name), on_frame), qos, **kwargs)
 
 
-def _same_size(frames: list[np.ndarray], rig: CameraRig) -> np.ndarray:
-    """Frames of mixed native and model sizes: all at the model's size (the encoder fits native ones)."""
+def _model_size(frames: list[np.ndarray], rig: CameraRig) -> np.ndarray:
+    """The frames at the model's input size, those already there as they are (the encoder does the same)."""
     size = (rig.model_height, rig.model_width)
     return np.stack([f if f.shape[:2] == size else fit_to_model(f, rig) for f in frames])

@@ -44,7 +44,7 @@ class DecisionNode(HotSwap, Node):
         self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
         self.on_decision = on_decision
         self.inputs = ObservationAssembler(self.params.default_navigation,
-                                           CameraSet(self.policy.rig, self.params.camera_slop_s))
+                                           CameraSet(self.policy.rig, self.params.camera_slop_s, self.policy.history))
         self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
         self._last_stamp = None
         try:
@@ -66,7 +66,7 @@ class DecisionNode(HotSwap, Node):
         )
 
     def _warm_up_policy(self, policy) -> None:
-        policy.decide(blank_observation(self.params.default_navigation, policy.rig))
+        policy.decide(blank_observation(self.params.default_navigation, policy.rig, policy.history))
 
     def decide(self) -> None:
         self.adopt_new_policy()

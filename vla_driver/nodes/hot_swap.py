@@ -37,10 +37,10 @@ def load_policy(checkpoint: str, backend: str):
     return runtime_load_policy(checkpoint, backend, threads=inference_threads())
 
 
-def blank_observation(navigation: str, rig: CameraRig | None = None) -> Observation:
-    """Black frames at standstill (one per camera of ``rig``, at the model's size), for warming a policy up
-    before the first real input."""
-    shape = (*CAMERA_SIZE, 3) if rig is None else (len(rig.names), rig.model_height, rig.model_width, 3)
+def blank_observation(navigation: str, rig: CameraRig | None = None, history: int = 1) -> Observation:
+    """Black frames at standstill (each view of ``rig`` x ``history``, at the model's size), for warming a
+    policy up before the first real input."""
+    shape = (*CAMERA_SIZE, 3) if rig is None else (len(rig.names) * history, rig.model_height, rig.model_width, 3)
     return Observation(image=np.zeros(shape, np.uint8), speed=0.0, navigation=navigation)
 
 
@@ -79,6 +79,9 @@ class HotSwap:
             if policy.rig != self.policy.rig:
                 raise ValueError(f"it drives from {rig_label(policy.rig)}; this node subscribes to the cameras of "
                                  f"{rig_label(self.policy.rig)} (restart the node to change cameras)")
+            if policy.history != self.policy.history:
+                raise ValueError(f"it sees {policy.history} frame(s) per camera, this node keeps "
+                                 f"{self.policy.history} (restart the node to change the history)")
             self._swap_warm_up(policy)
         except Exception as e:  # noqa: BLE001 - any load failure keeps the running policy
             self.diagnostics.count("swap_errors")

@@ -54,14 +54,15 @@ TRUTH_SOURCES = ("future", "logged")
 
 
 def load_experience(paths, vocab, spec, sample_period_s: float = 0.5, progress: bool = True,
-                    truth: str = "future", cameras: tuple[str, ...] | None = None) -> RefreshData:
+                    truth: str = "future", cameras: tuple[str, ...] | None = None, history: int = 1) -> RefreshData:
     """``truth="logged"`` takes the logged decision as truth, except under a takeover (the driver who
     was overruled is not the truth there) or where the bag holds no valid decision: those keep the
-    label from the future motion. ``cameras``: the model's rig cameras (None: the top-down image)."""
+    label from the future motion. ``cameras``: the model's rig cameras (None: the top-down image), each
+    with ``history`` frames."""
     if truth not in TRUTH_SOURCES:
         raise ValueError(f"truth must be one of {TRUTH_SOURCES}, got {truth!r}")
     samples = read_samples(paths, TopicMap.for_cameras(cameras), sample_period_s=sample_period_s,
-                           horizon_s=spec.horizon, waypoint_dt_s=spec.dt, progress=progress)
+                           horizon_s=spec.horizon, waypoint_dt_s=spec.dt, history=history, progress=progress)
     if not samples:
         raise ValueError(f"no usable samples in {paths}")
     obs, truths, logged, takeover, sources = [], [], [], [], []
@@ -106,7 +107,7 @@ def refresh(experience: list[str | Path], from_checkpoint: str | Path, out: str 
     start = time.perf_counter()
     rig = model.cfg.camera_rig
     data = load_experience(experience, model.vocab, model.spec, cfg.sample_period_s, progress, cfg.truth,
-                           rig.names if rig is not None else None)
+                           rig.names if rig is not None else None, model.cfg.history)
     n = len(data.observations)
     history: dict[str, list[float]] = {"reward_mean": [], "kl": [], "policy_loss": []}
     if cfg.sft_steps:

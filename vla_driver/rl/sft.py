@@ -202,14 +202,18 @@ TRAINING_KEYS = ("image", "ego", "navigation", "speed", "path", "future")
 
 def load_training_data(data_dirs) -> dict:
     """One or several datasets (expert and DAgger recordings) concatenated on the keys SFT uses, plus
-    ``rig``: the cameras they were recorded with (None: the top-down view); all must share it."""
+    ``rig``: the cameras they were recorded with (None: the top-down view) and ``history``, the frames per
+    camera of each sample; all must share them."""
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     parts = [load_dataset(d) for d in dirs]
     rigs = {json.dumps(p["meta"].get("rig"), sort_keys=True) for p in parts}
     if len(rigs) > 1:
         raise ValueError(f"the datasets were recorded with different cameras: {sorted(rigs)}")
+    histories = {p["meta"].get("history", 1) for p in parts}
+    if len(histories) > 1:
+        raise ValueError(f"the datasets were recorded with different frame histories: {sorted(histories)}")
     data = {k: np.concatenate([p[k] for p in parts]) for k in TRAINING_KEYS}
-    data["rig"] = parts[0]["meta"].get("rig")
+    data["rig"], data["history"] = parts[0]["meta"].get("rig"), histories.pop()
     return data
 
 
@@ -222,11 +226,14 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
     data = load_training_data(data_dir)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     if model_cfg is None and data["rig"] is not None:  # a new model for the cameras the data was recorded with
-        model_cfg = VLAConfig.for_rig(CameraRig.from_dict(data["rig"]))
+        model_cfg = VLAConfig.for_rig(CameraRig.from_dict(data["rig"]), history=data["history"])
     model = load_checkpoint(base_checkpoint) if base_checkpoint else build_model(model_cfg, seed=cfg.seed)
     if model.cfg.rig != data["rig"]:
         raise ValueError(f"the model drives from {rig_label(model.cfg.rig)}, the data was recorded with "
                          f"{rig_label(data['rig'])}")
+    if model.cfg.history != data["history"]:
+        raise ValueError(f"the model sees {model.cfg.history} frame(s) per camera, the data holds "
+                         f"{data['history']}")
     if base_checkpoint:  # fine-tuning: keep the decision adapter (and the base it was trained on)
         cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
     elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn

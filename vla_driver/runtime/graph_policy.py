@@ -25,6 +25,7 @@ class GraphPolicy:
         self.tokenizer = tokenizer
         self.encoder = InputEncoder(tokenizer, cfg)
         self.rig = cfg.camera_rig  # the cameras it drives from (None: the top-down view)
+        self.history = cfg.history  # frames per camera (core.frame_history)
         self.max_reasoning_tokens = max_reasoning_tokens
         self.last_plan_violations: list[str] = []
         self._token_embeddings = None

@@ -25,6 +25,7 @@ class TorchPolicy:
         self.model_version = getattr(model, "model_version", "untracked")
         self.encoder = InputEncoder(model.tokenizer, model.cfg)
         self.rig = model.cfg.camera_rig  # the cameras it drives from (None: the top-down view)
+        self.history = model.cfg.history  # frames per camera (core.frame_history)
         self.limits = limits
         self.max_reasoning_tokens = max_reasoning_tokens
         self.last_plan_violations: list[str] = []

@@ -129,23 +129,25 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
                           spec: TrajectorySpec = TrajectorySpec(), image_size=CAMERA_SIZE, frame_hz: float = 2.0,
                           perturb_prob: float = 0.05, progress: bool = True, driver=None,
                           expert_share: float = 0.3, rig: CameraRig | None = None,
-                          randomize_appearance: bool = True) -> dict:
+                          randomize_appearance: bool = True, history: int = 1) -> dict:
     """Drive the expert on every (scenario, seed) and write one shard per episode into ``out_dir``;
     returns the manifest (also written as ``meta.json``). With ``driver`` (a policy), record DAgger data
     instead: the policy drives and the expert labels (see ``_record_dagger_episode``). ``rig``: the cameras
     recorded (default: the driver's; none: the top-down view), each episode in its own appearance unless
-    ``randomize_appearance`` is off."""
+    ``randomize_appearance`` is off; ``history``: frames per camera in each sample (the driver's when there
+    is one; ``core.frame_history``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = vocab or DecisionVocabulary.preset("alphadrive")
     scenarios, seeds = list(scenarios), [int(s) for s in seeds]
     rng = np.random.default_rng(seeds[0] if seeds else 0)
     rig = rig if rig is not None else getattr(driver, "rig", None)
+    history = getattr(driver, "history", history)
     shards, total = [], 0
     with tqdm(total=len(scenarios) * len(seeds), desc="record expert", disable=not progress) as bar:
         for scenario in scenarios:
             sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size, rig=rig,
-                             randomize_appearance=randomize_appearance)
+                             randomize_appearance=randomize_appearance, history=history)
             expert = ExpertPolicy(sim, vocab, spec, decision_hz=frame_hz)
             for seed in seeds:
                 if driver is None:
@@ -164,7 +166,7 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
             "image_size": list(image_size), "frame_hz": frame_hz, "perturb_prob": perturb_prob,
             "scenarios": scenarios, "seeds": seeds, "samples": total, "shards": shards,
             "driver": getattr(driver, "model_version", None), "expert_share": expert_share if driver else None,
-            "rig": rig.to_dict() if rig is not None else None,
+            "rig": rig.to_dict() if rig is not None else None, "history": history,
             "randomize_appearance": randomize_appearance if rig is not None else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -32,6 +32,7 @@ from gymnasium.envs.registration import load_env_creator  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from ..core.camera_rig import CameraRig  # noqa: E402
+from ..core.frame_history import FrameHistory  # noqa: E402
 from ..core.metrics import EpisodeResult  # noqa: E402
 from ..core.trajectory import wrap_angle  # noqa: E402
 from ..core.types import CAMERA_SIZE, Observation  # noqa: E402
@@ -62,6 +63,7 @@ class SimSnapshot:
     state: EpisodeState
     route: Route
     seed: int
+    history: FrameHistory | None = None
 
 
 _ENV_CLASSES: dict = {}
@@ -84,10 +86,12 @@ class DrivingSim:
     """One highway-env scene stepped at ``control_hz`` by (speed command, yaw-rate command)."""
 
     def __init__(self, scenario: str, seed: int = 0, image_size=CAMERA_SIZE, duration_s: float | None = None,
-                 control_hz: float = 10.0, rig: CameraRig | None = None, randomize_appearance: bool = False):
+                 control_hz: float = 10.0, rig: CameraRig | None = None, randomize_appearance: bool = False,
+                 history: int = 1):
         """``rig``: the car's cameras, rendered in 3D at the rig's model input size; without one the camera
         is the top-down debugging view at ``image_size``. ``randomize_appearance``: colours, markings, light
-        and a small camera height/pitch jitter drawn per episode from its seed (training data)."""
+        and a small camera height/pitch jitter drawn per episode from its seed (training data). ``history``:
+        frames per camera in each observation (``core.frame_history``; a rig's models only)."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {sorted(SCENARIOS)}")
         if len(image_size) != 2 or min(int(image_size[0]), int(image_size[1])) < 16:
@@ -102,6 +106,9 @@ class DrivingSim:
         self.duration_s = float(duration_s) if duration_s else DEFAULT_DURATION_S[scenario]
         self._camera = None
         self.rig, self.randomize_appearance = rig, bool(randomize_appearance)
+        if history > 1 and rig is None:
+            raise ValueError("frame history needs a camera rig (the top-down models see one frame)")
+        self._history = FrameHistory(history) if history > 1 else None
         self._renderer: CameraRenderer | None = None
         env_class = _quiet_env_class(SCENARIOS[scenario])
         self._set_idm_parameters()
@@ -176,6 +183,8 @@ class DrivingSim:
             self.route.end = self.route.start + HIGHWAY_ROUTE_M
         self._state = EpisodeState(progress=self.route.start, checkpoint_progress=self.route.start,
                                     speeds=[float(self.vehicle.speed)])
+        if self._history is not None:
+            self._history.clear()
         if self.rig is not None:
             self.cameras().set_appearance(Appearance.sample(np.random.default_rng([self.seed, 11]))
                                           if self.randomize_appearance else Appearance.default())
@@ -210,13 +219,19 @@ class DrivingSim:
         return np.stack([views[name] for name in self.rig.names])
 
     def observation(self, render: bool = True) -> Observation:
-        """Camera image(s) + ego state; ``render=False`` gives black images (for policies that ignore them)."""
+        """Camera image(s) (with the frame history) + ego state; ``render=False`` gives black images (for
+        policies that ignore them)."""
+        frames = self._history.frames if self._history is not None else 1
         if render:
             image = self.render()
+            if self._history is not None:
+                self._history.push(image, self.time)
+                image = self._history.views()
         elif self.rig is None:
             image = np.zeros((*self.image_size, 3), dtype=np.uint8)
         else:
-            image = np.zeros((len(self.rig.cameras), self.rig.model_height, self.rig.model_width, 3), np.uint8)
+            image = np.zeros((len(self.rig.cameras) * frames, self.rig.model_height, self.rig.model_width, 3),
+                             np.uint8)
         return Observation(image=image, speed=float(self.vehicle.speed), navigation=self.navigation(),
                            accel=self._state.accel, yaw_rate=self._state.yaw_rate, stamp=self._state.time)
 
@@ -290,13 +305,15 @@ class DrivingSim:
 
     def snapshot(self) -> SimSnapshot:
         return SimSnapshot(copy.deepcopy(self._env), copy.deepcopy(self._state), copy.deepcopy(self.route),
-                           self.seed)
+                           self.seed, self._history.copy() if self._history is not None else None)
 
     def restore(self, snapshot: SimSnapshot) -> None:
         self._env = copy.deepcopy(snapshot.env)
         self._state = copy.deepcopy(snapshot.state)
         self.route = copy.deepcopy(snapshot.route)
         self.seed = snapshot.seed
+        if self._history is not None:
+            self._history = snapshot.history.copy()
 
     def close(self) -> None:
         self._env.close()
