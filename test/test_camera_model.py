@@ -56,7 +56,7 @@ def test_a_frame_set_that_is_not_the_rig_is_refused_with_the_cameras_it_needs(fr
 def test_the_simulator_renders_the_rig_and_appearance_varies_by_episode_only_when_asked():
     front = load_rig("front")
     plain = DrivingSim("highway", seed=3, rig=front)
-    varied = DrivingSim("highway", seed=3, rig=front, randomize_appearance=True)
+    varied = DrivingSim("highway", seed=3, rig=front, appearance="random")
     try:
         image = plain.observation().image
         assert image.shape == (1, front.model_height, front.model_width, 3)
@@ -88,3 +88,27 @@ def test_a_rig_drive_is_logged_one_topic_per_camera_and_read_back_as_camera_sets
     assert np.array_equal(front_only[0].image, samples[0].image[1])  # the front camera is the rig's second
     with pytest.raises(MissingTopicError, match="/camera/image_raw"):
         read_samples(bag, progress=False)  # a top-down model's map finds no camera of its own
+
+
+def test_held_out_looks_lie_outside_everything_training_draws():
+    from vla_driver.sim.camera_render import Appearance
+
+    for seed in range(200):
+        train = Appearance.sample(np.random.default_rng([seed, 11]))
+        held = Appearance.held_out(np.random.default_rng([seed, 11]))
+        assert 0.65 <= train.marking_brightness and held.marking_brightness < 0.65
+        assert 20.0 <= train.light_elevation_deg and held.light_elevation_deg < 20.0
+        assert abs(train.camera_dpitch_deg) <= 1.5 < abs(held.camera_dpitch_deg)
+        assert not (0.10 <= held.marking_width_m <= 0.22) and not (0.3 <= held.ambient <= 0.65)
+    front = load_rig("front")
+    held_sim = DrivingSim("merge", seed=4, rig=front, appearance="held_out")
+    plain = DrivingSim("merge", seed=4, rig=front)
+    try:
+        image = held_sim.observation().image
+        assert not np.array_equal(image, plain.observation().image)
+        assert np.array_equal(image, held_sim.reset(4).image)  # one look per seed
+    finally:
+        held_sim.close()
+        plain.close()
+    with pytest.raises(ValueError, match="appearance must be one of"):
+        DrivingSim("merge", seed=4, rig=front, appearance="sepia")

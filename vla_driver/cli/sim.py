@@ -9,6 +9,7 @@ from pathlib import Path
 from ..bench import rl_gain
 from ..core.metrics import EpisodeResult, format_table, summarize
 from ..runtime.loading import load_policy
+from ..sim.camera_render import APPEARANCES
 from ..sim.closed_loop import TRAIN_SEEDS, evaluate, run_episode
 from ..sim.dataset import record_expert_dataset
 from ..sim.expert import ExpertPolicy
@@ -66,6 +67,9 @@ def add_eval_command(parser) -> None:
     parser.add_argument("--expert-json", default="",
                         help="reuse the expert's results on the same seeds (an earlier `eval --policy expert "
                              "--json-out`) instead of driving the expert again")
+    parser.add_argument("--appearance", choices=APPEARANCES, default="default",
+                        help="how a rig's cameras see the world: the default look, a training-like random one per "
+                             "seed, or held_out: settings training never draws (default: default)")
     parser.add_argument("--compare", nargs=2, metavar=("SFT_CKPT", "RL_CKPT"),
                         help="SFT vs SFT+RL on the same held-out seeds (DS, SR, 95%% CI, paired difference)")
     _add_runtime_arguments(parser, default_backend="torch")
@@ -98,9 +102,10 @@ def evaluate_command(args) -> int:
 
     scenarios, seeds = scenario_list(args.scenarios), heldout_seeds(args)
     factory = _policy_factory(args.policy, args.backend, policy_threads(args))
-    results = evaluate(factory, scenarios, seeds, workers=args.workers)
+    results = evaluate(factory, scenarios, seeds, workers=args.workers, appearance=args.appearance)
     summary = summarize(results)
-    print(f"policy: {args.policy}  seeds: {seeds[0]}..{seeds[-1]}  (95% CI: Student t over episodes)")
+    print(f"policy: {args.policy}  seeds: {seeds[0]}..{seeds[-1]}  appearance: {args.appearance}  "
+          "(95% CI: Student t over episodes)")
     print(format_table(summary))
     if args.policy == "expert":
         expert_summary = summary
@@ -115,7 +120,7 @@ def evaluate_command(args) -> int:
         with open(args.json_out, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=1)
     overall = summary["overall"]
-    print(json.dumps({"bench": "closed_loop", "policy": args.policy,
+    print(json.dumps({"bench": "closed_loop", "policy": args.policy, "appearance": args.appearance,
                       "driving_score": _number(overall["driving_score"]),
                       "success_rate": _number(overall["success_rate"]),
                       "expert_driving_score": _number(expert_summary["overall"]["driving_score"])}))

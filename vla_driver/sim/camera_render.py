@@ -134,6 +134,50 @@ class Appearance:
             camera_dpitch_deg=float(rng.uniform(-1.5, 1.5)),
         )
 
+    @classmethod
+    def held_out(cls, rng: np.random.Generator) -> Appearance:
+        """A look ``sample`` never draws, for testing what a model learned: every setting outside its training
+        range (dusk skies, dark asphalt or pale concrete, sand or snow verges, dim narrow or wide markings, low
+        sun, other car colours, camera 0.12-0.2 m higher or lower and pitched 2-3 degrees)."""
+        def pick(*ranges):
+            lo, hi = ranges[int(rng.integers(len(ranges)))]
+            return float(rng.uniform(lo, hi))
+
+        def rgb(*options):
+            base = np.asarray(options[int(rng.integers(len(options)))])
+            return tuple(int(v) for v in np.clip(base + rng.integers(-10, 11, 3), 0, 255))
+
+        grey = int(pick((30, 50), (140, 165)))
+        return cls(
+            sky=rgb((235, 160, 110), (120, 120, 150), (250, 215, 170)),  # dusk, storm, haze
+            verge=rgb((200, 180, 130), (225, 230, 235), (140, 110, 80)),  # sand, snow, bare earth
+            road=(grey, grey, grey + 2),
+            marking_width_m=pick((0.06, 0.09), (0.24, 0.30)),
+            marking_brightness=pick((0.45, 0.62)),
+            light_azimuth_deg=float(rng.uniform(0.0, 360.0)),
+            light_elevation_deg=pick((5.0, 17.0)),
+            ambient=pick((0.15, 0.27), (0.7, 0.8)),
+            vehicle_colors=tuple(rgb(c) for c in ((255, 150, 190), (110, 70, 40), (180, 230, 120), (90, 40, 120),
+                                                  (200, 170, 90), (30, 100, 100), (255, 90, 160), (150, 190, 255))),
+            obstacle=rgb((60, 200, 255)),
+            camera_dz_m=pick((-0.2, -0.12), (0.12, 0.2)),
+            camera_dpitch_deg=pick((-3.0, -2.0), (2.0, 3.0)),
+        )
+
+
+APPEARANCES = ("default", "random", "held_out")  # DrivingSim(appearance=...): one look, sample, held_out
+
+
+def appearance_for(kind: str, rng: np.random.Generator) -> Appearance:
+    """The episode's look: the default, one ``Appearance.sample`` draws (training), or a held-out one."""
+    if kind == "default":
+        return Appearance.default()
+    if kind == "random":
+        return Appearance.sample(rng)
+    if kind == "held_out":
+        return Appearance.held_out(rng)
+    raise ValueError(f"appearance must be one of {APPEARANCES}, got {kind!r}")
+
 
 def _color(rgb, scale: float = 1.0) -> Vec4:
     return Vec4(*(min(1.0, c * scale / 255.0) for c in rgb), 1.0)

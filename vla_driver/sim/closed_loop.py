@@ -113,13 +113,14 @@ def run_episode(policy, scenario: str, seed: int, decision_hz: float = 2.0, plan
 
 def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], seeds: Iterable[int],
              progress: bool = True, workers: int = 0, duration_s: float | None = None,
-             desc: str = "closed-loop", **kwargs) -> list[EpisodeResult]:
+             desc: str = "closed-loop", appearance: str = "default", **kwargs) -> list[EpisodeResult]:
     """Run every (scenario, seed) pair, scenario-major; tqdm bar over episodes.
 
     ``workers`` <= 1: one policy from ``policy_factory`` in this process. More: that many spawned processes,
     each building its own policy (``policy_factory`` must pickle: a class or a ``functools.partial``) and
     its own simulators. Episodes are independent and the simulator is deterministic, so the results are
-    the same either way, in the same order. ``duration_s`` overrides the scenarios' episode length.
+    the same either way, in the same order. ``duration_s`` overrides the scenarios' episode length;
+    ``appearance`` is how a rig's camera images look (``DrivingSim``).
     """
     pairs = [(scenario, int(seed)) for scenario in scenarios for seed in seeds]
     results: list[EpisodeResult | None] = [None] * len(pairs)
@@ -130,7 +131,7 @@ def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], see
             bar.update(1)
 
         if workers <= 1:
-            runner = _EpisodeRunner(policy_factory, duration_s, kwargs)
+            runner = _EpisodeRunner(policy_factory, duration_s, appearance, kwargs)
             try:
                 for i, pair in enumerate(pairs):
                     done(i, runner.run(*pair))
@@ -138,7 +139,7 @@ def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], see
                 runner.close()
         else:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(policy_factory, duration_s, kwargs)) as pool:
+                                     initializer=_init_worker, initargs=(policy_factory, duration_s, appearance, kwargs)) as pool:
                 futures = {pool.submit(_run_in_worker, *pair): i for i, pair in enumerate(pairs)}
                 for future in as_completed(futures):
                     done(futures[future], future.result())
@@ -148,15 +149,15 @@ def evaluate(policy_factory: Callable[[], object], scenarios: Iterable[str], see
 class _EpisodeRunner:
     """One policy and one simulator per scenario, reused over episodes."""
 
-    def __init__(self, policy_factory, duration_s: float | None, kwargs: dict):
-        self.policy, self.duration_s, self.kwargs = policy_factory(), duration_s, kwargs
+    def __init__(self, policy_factory, duration_s: float | None, appearance: str, kwargs: dict):
+        self.policy, self.duration_s, self.appearance, self.kwargs = policy_factory(), duration_s, appearance, kwargs
         self.sims: dict[str, DrivingSim] = {}
 
     def run(self, scenario: str, seed: int) -> EpisodeResult:
         if scenario not in self.sims:
             self.sims[scenario] = DrivingSim(scenario, seed, duration_s=self.duration_s,
                                              rig=getattr(self.policy, "rig", None),
-                                             history=getattr(self.policy, "history", 1))
+                                             history=getattr(self.policy, "history", 1), appearance=self.appearance)
         return run_episode(self.policy, scenario, seed, sim=self.sims[scenario], **self.kwargs)[0]
 
     def close(self) -> None:
@@ -167,10 +168,10 @@ class _EpisodeRunner:
 _WORKER: _EpisodeRunner | None = None
 
 
-def _init_worker(policy_factory, duration_s, kwargs) -> None:
+def _init_worker(policy_factory, duration_s, appearance, kwargs) -> None:
     global _WORKER
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
-    _WORKER = _EpisodeRunner(policy_factory, duration_s, kwargs)
+    _WORKER = _EpisodeRunner(policy_factory, duration_s, appearance, kwargs)
 
 
 def _run_in_worker(scenario: str, seed: int) -> EpisodeResult:

@@ -147,7 +147,7 @@ def record_expert_dataset(out_dir, scenarios, seeds, vocab: DecisionVocabulary |
     with tqdm(total=len(scenarios) * len(seeds), desc="record expert", disable=not progress) as bar:
         for scenario in scenarios:
             sim = DrivingSim(scenario, seeds[0] if seeds else 0, image_size=image_size, rig=rig,
-                             randomize_appearance=randomize_appearance, history=history)
+                             appearance="random" if randomize_appearance else "default", history=history)
             expert = ExpertPolicy(sim, vocab, spec, decision_hz=frame_hz)
             for seed in seeds:
                 if driver is None:

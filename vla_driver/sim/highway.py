@@ -36,7 +36,7 @@ from ..core.frame_history import FrameHistory  # noqa: E402
 from ..core.metrics import EpisodeResult  # noqa: E402
 from ..core.trajectory import wrap_angle  # noqa: E402
 from ..core.types import CAMERA_SIZE, Observation  # noqa: E402
-from .camera_render import Appearance, CameraRenderer  # noqa: E402
+from .camera_render import APPEARANCES, CameraRenderer, appearance_for  # noqa: E402
 from .episode import DEVIATION_M, EpisodeState, StepInfo, episode_result, update_termination  # noqa: E402
 from .route import HIGHWAY_ROUTE_M, Route, build_route, navigation_text  # noqa: E402
 from .scenarios import DEFAULT_DURATION_S, SCENARIOS  # noqa: E402
@@ -86,11 +86,12 @@ class DrivingSim:
     """One highway-env scene stepped at ``control_hz`` by (speed command, yaw-rate command)."""
 
     def __init__(self, scenario: str, seed: int = 0, image_size=CAMERA_SIZE, duration_s: float | None = None,
-                 control_hz: float = 10.0, rig: CameraRig | None = None, randomize_appearance: bool = False,
+                 control_hz: float = 10.0, rig: CameraRig | None = None, appearance: str = "default",
                  history: int = 1):
         """``rig``: the car's cameras, rendered in 3D at the rig's model input size; without one the camera
-        is the top-down debugging view at ``image_size``. ``randomize_appearance``: colours, markings, light
-        and a small camera height/pitch jitter drawn per episode from its seed (training data). ``history``:
+        is the top-down debugging view at ``image_size``. ``appearance``: ``default``, ``random`` (colours,
+        markings, light and a small camera height/pitch jitter drawn per episode from its seed: training data)
+        or ``held_out`` (settings ``random`` never draws, per seed: what a model learned beyond its data). ``history``:
         frames per camera in each observation (``core.frame_history``; a rig's models only)."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {sorted(SCENARIOS)}")
@@ -105,7 +106,9 @@ class DrivingSim:
         self.dt = 1.0 / self.control_hz
         self.duration_s = float(duration_s) if duration_s else DEFAULT_DURATION_S[scenario]
         self._camera = None
-        self.rig, self.randomize_appearance = rig, bool(randomize_appearance)
+        if appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+        self.rig, self.appearance = rig, appearance
         if history > 1 and rig is None:
             raise ValueError("frame history needs a camera rig (the top-down models see one frame)")
         self._history = FrameHistory(history) if history > 1 else None
@@ -186,8 +189,7 @@ class DrivingSim:
         if self._history is not None:
             self._history.clear()
         if self.rig is not None:
-            self.cameras().set_appearance(Appearance.sample(np.random.default_rng([self.seed, 11]))
-                                          if self.randomize_appearance else Appearance.default())
+            self.cameras().set_appearance(appearance_for(self.appearance, np.random.default_rng([self.seed, 11])))
         return self.observation()
 
     # ------------------------------------------------------------------ sensing
