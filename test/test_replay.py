@@ -351,3 +351,23 @@ def test_camera_sets_group_an_instant_and_drop_one_a_camera_missed():
     assert list(out[1][2]) == ["a", "b"] and out[1][1] == 10**9 + 10**6  # the newest frame's time
     assert list(out[2][2]) == ["a", "b"] and out[2][2]["a"][1] == stream[5][2]  # in the rig's order
     assert counts == {"camera_set_incomplete": 1}
+
+
+def test_bench_replay_native_plays_a_carla_like_front_camera_bag(tmp_path, capsys):
+    """The bridge's names, 800x600 bgra8 at 20 Hz: the front model's nodes fit each frame to their input."""
+    from vla_driver.bench import replay as bench_replay
+    from vla_driver.core.camera_rig import load_rig
+    from vla_driver.model.build import build_random_checkpoint
+    from vla_driver.model.config import VLAConfig
+
+    front = build_random_checkpoint(tmp_path / "front", seed=0, cfg=VLAConfig.for_rig(load_rig("front")))
+    record = bench_replay.run(tmp_path / "bench", seconds=4.0, checkpoint=str(front), backend="torch", native=True)
+    assert record["native"] and record["frames"] == 80 and record["decisions"] >= 7
+    report = json.loads((tmp_path / "bench" / "replay" / "report.json").read_text())
+    assert report["topics"] == {"camera/front/image_raw": "/carla/ego_vehicle/rgb_front/image",
+                                "odom": "/carla/ego_vehicle/odometry"}
+    assert report["trajectories"] == 40 and report["fallbacks"] == 0 and report["timeouts"] == {}
+    assert '"bench": "replay"' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="CARLA's front camera"):
+        bench_replay.run(tmp_path / "other", seconds=1.0, checkpoint=str(build_random_checkpoint(
+            tmp_path / "topdown", seed=0)), native=True)

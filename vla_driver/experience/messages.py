@@ -68,7 +68,7 @@ _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1
 
 
 def image_message(rgb: np.ndarray, t_ns: int, frame_id: str = "camera", encoding: str = "rgb8") -> bytes:
-    """sensor_msgs/Image from an (H, W, 3) uint8 RGB array (``encoding`` bgr8/mono8 converts it first)."""
+    """sensor_msgs/Image from an (H, W, 3) uint8 RGB array (``encoding`` bgr8/bgra8/mono8 converts it first)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {rgb.shape}")
@@ -76,10 +76,12 @@ def image_message(rgb: np.ndarray, t_ns: int, frame_id: str = "camera", encoding
         pixels = rgb
     elif encoding == "bgr8":
         pixels = np.ascontiguousarray(rgb[:, :, ::-1])
+    elif encoding == "bgra8":  # what CARLA's cameras send
+        pixels = np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])
     elif encoding == "mono8":
         pixels = np.ascontiguousarray(rgb.mean(axis=2).round().astype(np.uint8)[:, :, None])
     else:
-        raise ValueError(f"unsupported encoding {encoding!r} (use rgb8, bgr8 or mono8)")
+        raise ValueError(f"unsupported encoding {encoding!r} (use rgb8, bgr8, bgra8 or mono8)")
     h, w, c = pixels.shape
     msg = _T[IMAGE](header=header(t_ns, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
                     step=w * c, data=pixels.reshape(-1))

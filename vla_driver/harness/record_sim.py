@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..core.camera_rig import CameraRig
+from ..core.camera_rig import CameraRig, camera_topic, load_rig
 from ..core.control import PurePursuitPID
 from ..core.types import CAMERA_SIZE
 from ..experience import messages as m
@@ -74,6 +74,57 @@ def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy
         bar.close()
         stats = writer.close()
         sim.close()
+    return _segment(out_dir, writer, stats)
+
+
+# The CARLA-ROS bridge's names for the ego's front camera and odometry
+CARLA_FRONT_CAMERA = "/carla/ego_vehicle/rgb_front/image"
+CARLA_ODOMETRY = "/carla/ego_vehicle/odometry"
+CARLA_REMAPS = {CARLA_FRONT_CAMERA: "/" + camera_topic("front"), CARLA_ODOMETRY: "/odom"}  # for replay --remap
+
+
+def record_carla_like(out_dir, seconds: float = 10.0, scenario: str = "highway", seed: int = 0,
+                      traffic: bool = False, camera_hz: float = 20.0, start_ns: int | None = None,
+                      progress: bool = True) -> Path:
+    """A drive logged as the CARLA-ROS bridge publishes it: the ``front`` rig's camera (CARLA's ``rgb_front``:
+    800x600, 90 degrees) at its native size in bgra8 and odometry, both at ``camera_hz``, under the bridge's
+    topic names (``CARLA_REMAPS`` renames them for replay); the expert drives. Without ``traffic`` the ego has
+    the road to itself (on ``highway``: a straight multi-lane road ahead)."""
+    rig = load_rig("front")
+    sim = DrivingSim(scenario, seed, duration_s=seconds, control_hz=camera_hz, rig=rig)
+    if not traffic:
+        sim.remove_traffic()
+    expert, controller = ExpertPolicy(sim), PurePursuitPID()
+    writer = SegmentWriter(out_dir, segment_duration_s=seconds + 60.0, min_free_bytes=64 << 20,
+                           name_prefix=f"carla_like_{scenario}_")
+    writer.add_topic(CARLA_FRONT_CAMERA, m.IMAGE)
+    writer.add_topic(CARLA_ODOMETRY, m.ODOMETRY)
+    base = start_ns if start_ns is not None else time.time_ns() // 1_000_000 * 1_000_000
+    every, step, decision = max(1, round(camera_hz / 2.0)), 0, None
+    bar = tqdm(total=round(sim.duration_s * camera_hz), unit="frame", desc="record carla-like", disable=not progress,
+               leave=False)
+    try:
+        while not sim.done:
+            t = base + round(sim.time * 1e9)
+            x, y, yaw, speed = sim.ego_pose()
+            obs = sim.observation(render=False)  # the expert reads the scene, not the camera
+            writer.write(CARLA_ODOMETRY, t, m.odometry_message(t, x, y, yaw, speed, obs.yaw_rate, frame_id="map",
+                                                             child_frame_id="ego_vehicle"))
+            frame = sim.cameras().render(sim.env.road, sim.vehicle)["front"]
+            writer.write(CARLA_FRONT_CAMERA, t, m.image_message(frame, t, "ego_vehicle/rgb_front", encoding="bgra8"))
+            if step % every == 0:
+                decision = expert.decide(obs).decision
+            sim.step(*controller.command(expert.plan(obs, decision), speed, sim.dt))
+            step += 1
+            bar.update()
+    finally:
+        bar.close()
+        stats = writer.close()
+        sim.close()
+    return _segment(out_dir, writer, stats)
+
+
+def _segment(out_dir, writer: SegmentWriter, stats: dict) -> Path:
     if stats["dropped"]:
         raise RuntimeError(f"the experience writer dropped {stats['dropped']} messages: {stats['last_error']}")
     return Path(out_dir) / f"{writer.route}--0"

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from .. import __version__
+from ..core.camera_rig import CameraRig
 from ..core.hashing import sha256_file
 from ..core.vocabulary import DecisionVocabulary
 from .config import VLAConfig
@@ -141,6 +142,12 @@ def read_manifest(ckpt_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+
+
+def checkpoint_rig(ckpt_dir: str | Path) -> CameraRig | None:
+    """The cameras a checkpoint drives from, from its manifest alone (None: the top-down view)."""
+    rig = read_manifest(ckpt_dir)["config"].get("rig")
+    return CameraRig.from_dict(rig) if rig else None
 
 
 def verify_checkpoint(ckpt_dir: str | Path) -> dict:

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.camera_rig import CameraRig
 from ..core.metrics import EpisodeResult, mean_ci95
 from ..experience.reader import find_bags, timelines
 from ..harness.replay import replay_bag
 from ..harness.replay_input import open_bag_input
-from ..model.checkpoint import read_manifest, sha256_file, verify_checkpoint
+from ..model.checkpoint import checkpoint_rig, read_manifest, sha256_file, verify_checkpoint
 from ..runtime.loading import ensure_exported, load_policy, resolve_checkpoint
 from ..runtime.tensorrt_builder import build_engine
 from ..runtime.tensorrt_env import tensorrt_available
@@ -158,11 +157,6 @@ def replay_drives(paths, cameras: tuple[str, ...] | None = None) -> list:
     return drives
 
 
-def checkpoint_cameras(checkpoint) -> tuple[str, ...] | None:
-    """The cameras a checkpoint drives from, read from its manifest (None: the top-down view)."""
-    rig = read_manifest(resolve_checkpoint(checkpoint))["config"].get("rig")
-    return CameraRig.from_dict(rig).names if rig else None
-
 
 def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=None, truth: str = "logged") -> dict:
     """Planning accuracy over a replay set (``replay_drives``), each drive replayed as in
@@ -186,7 +180,8 @@ def gate(current, candidate, replay=(), scenarios=DEFAULT_SCENARIOS, seeds=None,
          threads: int = 2, replay_truth: str = "logged") -> GateDecision:
     """Promote ``candidate`` over ``current``? See the module docstring for the rules. ``replay``: bags or
     folders of them (``replay_drives``), checked before the closed-loop runs start."""
-    drives = replay_drives(replay, checkpoint_cameras(candidate)) if replay else []
+    rig = checkpoint_rig(resolve_checkpoint(candidate))
+    drives = replay_drives(replay, rig.names if rig is not None else None) if replay else []
     comparison = compare_policies(current, candidate, scenarios, seeds, backend, episodes, duration_s, progress,
                                   workers, threads)
     o = comparison["overall"]

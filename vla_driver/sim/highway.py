@@ -192,6 +192,10 @@ class DrivingSim:
             self.cameras().set_appearance(appearance_for(self.appearance, np.random.default_rng([self.seed, 11])))
         return self.observation()
 
+    def remove_traffic(self) -> None:
+        """Only the ego stays on the road until the next reset: a clear road for calibration drives."""
+        self._env.road.vehicles = [self.vehicle]
+
     # ------------------------------------------------------------------ sensing
     def ego_pose(self) -> tuple[float, float, float, float]:
         """(x, y, yaw, speed) in the right-handed world frame (odometry)."""
