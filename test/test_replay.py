@@ -371,3 +371,14 @@ def test_bench_replay_native_plays_a_carla_like_front_camera_bag(tmp_path, capsy
     with pytest.raises(ValueError, match="CARLA's front camera"):
         bench_replay.run(tmp_path / "other", seconds=1.0, checkpoint=str(build_random_checkpoint(
             tmp_path / "topdown", seed=0)), native=True)
+
+
+def test_record_sim_logs_the_experts_drive_with_the_cameras_asked_for(tmp_path, capsys):
+    from vla_driver.cli import main
+
+    assert main(["record-sim", "--out", str(tmp_path / "drive"), "--seconds", "2", "--rig", "front"]) == 0
+    bag = capsys.readouterr().out.split("wrote the bag ")[1].split(" ")[0]
+    source = open_bag_input(bag, cameras=("front",))
+    assert source.topics["camera/front/image_raw"] == "/camera/front/image_raw" and source.frames == 20
+    with pytest.raises(SystemExit, match="--rig nope"):
+        main(["record-sim", "--out", str(tmp_path / "x"), "--rig", "nope"])

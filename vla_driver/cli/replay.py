@@ -9,6 +9,7 @@ from ..experience.reader import MissingTopicError
 from ..harness.record_sim import record_sim
 from ..harness.replay import replay_bag
 from ..harness.replay_input import parse_remaps
+from .common import rig_from_args
 
 
 def register(sub) -> None:
@@ -35,12 +36,16 @@ def register(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--policy", default="expert", help="'expert' (privileged simulator driver) or a checkpoint")
     r.add_argument("--backend", default="torch", help="backend for a checkpoint policy")
+    r.add_argument("--rig", default="topdown",
+                   help="the expert's cameras, one topic each: a preset of config/rigs (front, front3, surround6), a "
+                        "rig YAML, or 'topdown' (default; a checkpoint policy records its own cameras)")
     r.set_defaults(func=_record_sim)
 
 
 def _record_sim(args) -> int:
     try:
-        bag = record_sim(args.out, args.scenario, args.seconds, args.policy, args.seed, args.backend)
+        bag = record_sim(args.out, args.scenario, args.seconds, args.policy, args.seed, args.backend,
+                         rig=rig_from_args(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"record-sim: {err}", file=sys.stderr)
         return 2
