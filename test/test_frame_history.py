@@ -107,6 +107,14 @@ def test_a_two_frame_model_trains_on_two_frame_data_drives_and_its_graphs_agree(
                   decision_steps=1), progress=False)
     train_sft(tmp_path / "data", tmp_path / "ckpt", cfg=SFTConfig(action_steps=2, decision_steps=1, batch_size=4),
               progress=False)
+    # which frame each view is: learned, saved and loaded back
+    from safetensors.torch import load_file
+
+    from vla_driver.model.checkpoint import load_checkpoint
+
+    embed = load_file(str(tmp_path / "ckpt" / "modules.safetensors"))["view_embed"]
+    assert embed.shape[0] == 2 and float(embed.abs().sum()) > 0 and not bool((embed[0] == embed[1]).all())
+    assert bool((load_checkpoint(tmp_path / "ckpt").view_embed.detach() == embed).all())
     torch_policy = load_policy(tmp_path / "ckpt", "torch")
     assert torch_policy.history == 2 and torch_policy.rig.name == "front"
     result, _ = run_episode(torch_policy, "highway", 7)  # the simulator keeps the history the model needs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,10 +36,13 @@ from .config import VLAConfig
 from .tokenizer import load_tokenizer
 from .vla import ACTION, DECISION, VLAModel
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MODULES = ("vision", "ego_proj", "traj_head")
+VIEW_EMBED = "view_embed"  # a rig model's learned embedding of each view (camera x frame)
 
 
 class CheckpointError(RuntimeError):
@@ -51,8 +55,12 @@ def _versions() -> dict:
 
 
 def module_state(model) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.detach().contiguous().cpu()
-            for name in MODULES for k, v in getattr(model, name).state_dict().items()}
+    """Every trained weight outside the LLM: the modules, and a rig model's per-view embeddings."""
+    state = {f"{name}.{k}": v.detach().contiguous().cpu()
+             for name in MODULES for k, v in getattr(model, name).state_dict().items()}
+    if hasattr(model, "view_embed"):
+        state[VIEW_EMBED] = model.view_embed.detach().contiguous().cpu()
+    return state
 
 
 def save_base_llm(base, out: Path) -> None:
@@ -185,6 +193,12 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
     for name in MODULES:
         prefix = f"{name}."
         getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    if hasattr(model, "view_embed"):
+        if VIEW_EMBED in state:
+            with torch.no_grad():
+                model.view_embed.copy_(state[VIEW_EMBED])
+        else:  # saved before view embeddings were (2026-12-07): they load as the zeros those models drove with
+            log.warning("%s: no view embeddings saved; they start at zero", ckpt_dir)
     model.model_version = manifest["model_version"]
     model.manifest = manifest
     return model.to(device).eval()

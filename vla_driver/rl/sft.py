@@ -99,6 +99,8 @@ class SFTTrainer:
         if with_base:
             groups.append({"params": base, "lr": self.cfg.lr_base})
         modules = [p for m in (self.model.vision, self.model.ego_proj, self.model.traj_head) for p in m.parameters()]
+        if hasattr(self.model, "view_embed"):  # which camera and which frame each view is
+            modules.append(self.model.view_embed)
         for p in modules:
             p.requires_grad_(with_modules)
         if with_modules:
