@@ -129,3 +129,13 @@ def test_a_two_frame_model_trains_on_two_frame_data_drives_and_its_graphs_agree(
     with pytest.raises(ValueError, match="takes 2 view"):
         torch_policy.decide(DrivingSim("highway", seed=7, rig=FRONT).observation())  # one frame is refused
     sim.close()
+
+    # a one-frame model fine-tuned on the two-frame data: refused, unless asked to widen its history
+    train_sft(tmp_path / "one", tmp_path / "one_ckpt", cfg=SFTConfig(action_steps=1, decision_steps=1), progress=False)
+    with pytest.raises(ValueError, match="--widen-history"):
+        train_sft(tmp_path / "data", tmp_path / "refused", base_checkpoint=str(tmp_path / "one_ckpt"),
+                  cfg=SFTConfig(action_steps=1, decision_steps=1), progress=False)
+    train_sft(tmp_path / "data", tmp_path / "widened", base_checkpoint=str(tmp_path / "one_ckpt"),
+              cfg=SFTConfig(action_steps=1, decision_steps=1, widen_history=True), progress=False)
+    widened = load_checkpoint(tmp_path / "widened")
+    assert widened.cfg.history == 2 and tuple(widened.view_embed.shape)[0] == 2

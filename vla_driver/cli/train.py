@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     p.add_argument("--train-base", action="store_true",
                    help="phase 1 also trains a from-scratch base LLM (ignored for fine-tunes and pretrained LLMs)")
+    p.add_argument("--widen-history", action="store_true",
+                   help="fine-tune a checkpoint on data with more frames per camera: the model's views grow to them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=train_sft)
@@ -47,7 +49,7 @@ def register(sub) -> None:
 
 
 def train_sft(args) -> int:
-    cfg = SFTConfig(seed=args.seed, train_base=args.train_base)
+    cfg = SFTConfig(seed=args.seed, train_base=args.train_base, widen_history=args.widen_history)
     override_from_args(cfg, args, {n: n for n in ("action_steps", "decision_steps", "decision_weight", "batch_size",
                                                   "threads")})
     scenarios = [s for s in args.scenarios.split(",") if s]

@@ -14,6 +14,7 @@ real length of each row.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -52,6 +53,14 @@ class VLAModel(nn.Module):
         self.register_buffer("path_ids", torch.tensor([ids(w) for w in vocab.paths]), persistent=False)
         sep = tokenizer.encode(", ", add_special_tokens=False)
         self.register_buffer("sep_ids", torch.tensor(sep, dtype=torch.long), persistent=False)
+
+    def widen_history(self, frames: int) -> None:
+        """See ``frames`` frames per camera from now on (a fine-tune on data with more history): each camera's
+        new views start with the embedding of its newest frame; every other weight is shared by all frames."""
+        cameras, old = len(self.cfg.rig["cameras"]), self.cfg.history
+        newest = self.view_embed.detach().reshape(cameras, old, -1)[:, -1:]
+        self.view_embed = nn.Parameter(newest.repeat(1, frames, 1).reshape(cameras * frames, -1).contiguous())
+        self.cfg = dataclasses.replace(self.cfg, history=frames)
 
     # ---------------------------------------------------------------- inputs
     @property

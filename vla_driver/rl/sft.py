@@ -54,6 +54,8 @@ class SFTConfig:
     label_smoothing: float = 0.05
     # MindDrive: copy the IL action adapter into the decision adapter (only when phase 1 left it untrained)
     init_decision_from_action: bool = True
+    # a fine-tune on data with more frames per camera than the checkpoint sees: grow its views to the data's
+    widen_history: bool = False
     seed: int = 0
     threads: int = 2
 
@@ -233,9 +235,11 @@ def train_sft(data_dir, out_dir: str | Path, base_checkpoint: str | None = None,
     if model.cfg.rig != data["rig"]:
         raise ValueError(f"the model drives from {rig_label(model.cfg.rig)}, the data was recorded with "
                          f"{rig_label(data['rig'])}")
+    if base_checkpoint and cfg.widen_history and model.cfg.rig is not None and model.cfg.history < data["history"]:
+        model.widen_history(data["history"])
     if model.cfg.history != data["history"]:
         raise ValueError(f"the model sees {model.cfg.history} frame(s) per camera, the data holds "
-                         f"{data['history']}")
+                         f"{data['history']} (fine-tune with --widen-history to give it more)")
     if base_checkpoint:  # fine-tuning: keep the decision adapter (and the base it was trained on)
         cfg = dataclasses.replace(cfg, init_decision_from_action=False, train_base=False)
     elif model.cfg.llm_pretrained_dir:  # a pretrained LLM stays frozen; only the adapters learn
