@@ -3,6 +3,7 @@ for replay, the gate's replay set and the open-loop benchmark."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -46,7 +47,7 @@ def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy
     step, decision, navigation = 0, None, None
     bar = tqdm(total=round(sim.duration_s * sim.control_hz), unit="step", desc=f"record {scenario}",
                disable=not progress, leave=False)
-    try:
+    with _recording(sim, writer, bar):
         while not sim.done:
             t = base + round(sim.time * 1e9)
             obs = sim.observation()
@@ -70,11 +71,7 @@ def record_sim(out_dir, scenario: str = "highway", seconds: float = 20.0, policy
             sim.step(*command)
             step += 1
             bar.update()
-    finally:
-        bar.close()
-        stats = writer.close()
-        sim.close()
-    return _segment(out_dir, writer, stats)
+    return Path(out_dir) / f"{writer.route}--0"
 
 
 # The CARLA-ROS bridge's names for the ego's front camera and odometry
@@ -103,7 +100,7 @@ def record_carla_like(out_dir, seconds: float = 10.0, scenario: str = "highway",
     every, step, decision = max(1, round(camera_hz / 2.0)), 0, None
     bar = tqdm(total=round(sim.duration_s * camera_hz), unit="frame", desc="record carla-like", disable=not progress,
                leave=False)
-    try:
+    with _recording(sim, writer, bar):
         while not sim.done:
             t = base + round(sim.time * 1e9)
             x, y, yaw, speed = sim.ego_pose()
@@ -117,14 +114,18 @@ def record_carla_like(out_dir, seconds: float = 10.0, scenario: str = "highway",
             sim.step(*controller.command(expert.plan(obs, decision), speed, sim.dt))
             step += 1
             bar.update()
+    return Path(out_dir) / f"{writer.route}--0"
+
+
+@contextmanager
+def _recording(sim: DrivingSim, writer: SegmentWriter, bar):
+    """Closes the progress bar, the writer and the simulator however the drive ends; a drive the writer
+    dropped messages of raises."""
+    try:
+        yield
     finally:
         bar.close()
         stats = writer.close()
         sim.close()
-    return _segment(out_dir, writer, stats)
-
-
-def _segment(out_dir, writer: SegmentWriter, stats: dict) -> Path:
     if stats["dropped"]:
         raise RuntimeError(f"the experience writer dropped {stats['dropped']} messages: {stats['last_error']}")
-    return Path(out_dir) / f"{writer.route}--0"
