@@ -413,3 +413,16 @@ def test_trajectory_path_and_decision_json_round_trip(tiny_policy):
     np.testing.assert_allclose(decoded.probs, probs, atol=1e-6)
     with pytest.raises(BadMessage, match="unknown_speed"):
         decision_from_string(String(data=json.dumps({"speed": "FLY", "path": vocab.paths[0], "stamp": 0})), vocab)
+
+
+def test_an_oversized_image_or_navigation_is_refused_before_any_work_on_it():
+    from vla_driver.nodes.convert import BadMessage, image_to_rgb
+    from vla_driver.nodes.inputs import ObservationAssembler
+
+    huge = Image(height=8000, width=8000, encoding="rgb8", step=8000 * 3)  # its 192 MB are never looked at
+    with pytest.raises(BadMessage, match="8000x8000 is over"):
+        image_to_rgb(huge)
+    assembler = ObservationAssembler(default_navigation="keep lane")
+    with pytest.raises(BadMessage, match="1000000 characters"):
+        assembler.on_navigation(String(data="x" * 1_000_000))
+    assert assembler.navigation == "keep lane"  # the last good instruction stands

@@ -10,7 +10,7 @@ from vla_driver.core.ego import filtered_accel
 from vla_driver.core.types import Observation
 
 from .camera_set import LEGACY_CAMERA, CameraSet
-from .convert import BadMessage, EgoState, odometry_to_state
+from .convert import MAX_NAVIGATION_CHARS, BadMessage, EgoState, odometry_to_state
 
 
 class ObservationAssembler:
@@ -43,6 +43,8 @@ class ObservationAssembler:
         self.ego = (state, accel)
 
     def on_navigation(self, msg: String) -> None:
+        if len(msg.data) > MAX_NAVIGATION_CHARS:
+            raise BadMessage("navigation_too_long", f"{len(msg.data)} characters, at most {MAX_NAVIGATION_CHARS}")
         text = msg.data.strip()
         if not text:
             raise BadMessage("empty_navigation", "navigation instruction is empty")
