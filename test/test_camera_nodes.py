@@ -125,3 +125,13 @@ def test_the_logger_records_every_camera_of_a_rig_and_the_drive_reads_back_as_ca
         logger.recording.values())
     samples = read_samples(tmp_path, TopicMap.for_cameras(RIG.names), progress=False)
     assert samples and all(s.image.shape == (3, RIG.model_height, RIG.model_width, 3) for s in samples)
+
+
+def test_a_rig_that_is_no_preset_reaches_a_node_as_its_parameter_without_a_file():
+    from dataclasses import replace
+
+    from vla_driver.core.camera_rig import rig_from_param, rig_param
+
+    assert rig_param(RIG) == "front3" and rig_from_param("front3") == RIG and rig_from_param("") is None
+    custom = replace(RIG, name="my_rig", model_width=RIG.model_width // 2)
+    assert rig_param(custom).startswith("{") and rig_from_param(rig_param(custom)) == custom

@@ -13,6 +13,7 @@ multiplying by s; that keeps K exact through every resize and crop below.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -260,6 +261,28 @@ def load_rig(name_or_path: str | Path) -> CameraRig:
         raise ValueError(f"{path}: a rig file is a mapping")
     data.setdefault("name", path.stem)
     return CameraRig.from_dict(data)
+
+
+def rig_from_param(value: str) -> CameraRig | None:
+    """A node's ``rig`` parameter: empty for none, a preset name, a rig YAML file, or the rig itself as JSON
+    (``rig_param``: how a harness hands a node a rig that is no preset without writing a file)."""
+    if not value:
+        return None
+    if value.lstrip().startswith("{"):
+        return CameraRig.from_dict(json.loads(value))
+    return load_rig(value)
+
+
+def rig_param(rig: CameraRig | None) -> str:
+    """The ``rig`` parameter that gives a node ``rig``: its preset name when it is that preset, else its JSON."""
+    if rig is None:
+        return ""
+    try:
+        if load_rig(rig.name) == rig:
+            return rig.name
+    except (OSError, ValueError):
+        pass
+    return json.dumps(rig.to_dict())
 
 
 def fit_to_model(image: np.ndarray, rig: CameraRig) -> np.ndarray:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import rclpy
-import yaml
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 from tqdm import tqdm
 
-from ..core.camera_rig import CameraRig, load_rig
+from ..core.camera_rig import rig_param
 from ..core.types import CAMERA_SIZE
-from ..model.checkpoint import read_manifest
+from ..model.checkpoint import checkpoint_rig
 from ..nodes.action_node import ActionNode
 from ..nodes.controller_node import ControllerNode
 from ..nodes.decision_node import DecisionNode
@@ -47,26 +44,6 @@ class ClosedLoopRun:
 
 def _overrides(**values) -> list[Parameter]:
     return [Parameter("use_sim_time", value=True)] + [Parameter(k, value=v) for k, v in values.items()]
-
-
-def checkpoint_rig(checkpoint: str) -> CameraRig | None:
-    """The cameras a checkpoint drives from, read from its manifest."""
-    rig = read_manifest(resolve_checkpoint(checkpoint))["config"].get("rig")
-    return CameraRig.from_dict(rig) if rig is not None else None
-
-
-def bridge_rig_param(rig: CameraRig | None) -> str:
-    """The bridge's ``rig`` parameter for ``rig``: its preset name when it is one, else a YAML file of it."""
-    if rig is None:
-        return ""
-    try:
-        if load_rig(rig.name) == rig:
-            return rig.name
-    except (OSError, ValueError):
-        pass
-    path = Path(tempfile.mkdtemp(prefix="rig_")) / f"{rig.name}.yaml"
-    path.write_text(yaml.safe_dump(rig.to_dict(), sort_keys=False))
-    return str(path)
 
 
 def node_stats(node) -> dict:
@@ -97,7 +74,8 @@ def run_closed_loop(
     if wall_timeout_s is None:
         wall_timeout_s = 30.0 + 20.0 * duration_s if duration_s else 600.0
     decision_policy, action_policy = policies or (None, None)
-    rig_param = bridge_rig_param(decision_policy.rig if decision_policy is not None else checkpoint_rig(checkpoint))
+    bridge_rig = rig_param(decision_policy.rig if decision_policy is not None
+                           else checkpoint_rig(resolve_checkpoint(checkpoint)))
     run = ClosedLoopRun(result=None)
     done = Future()
     context = rclpy.Context()
@@ -127,7 +105,7 @@ def run_closed_loop(
             parameter_overrides=_overrides(
                 scenario=scenario, seed=int(seed), duration_s=float(duration_s or 0.0),
                 control_hz=float(control_hz), image_height=int(image_size[0]), image_width=int(image_size[1]),
-                rig=rig_param,
+                rig=bridge_rig,
                 step_timeout_s=float(step_timeout_s),
             ),
         )

@@ -38,7 +38,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Bool, Empty, String
 
-from vla_driver.core.camera_rig import CameraRig, camera_topic, load_rig
+from vla_driver.core.camera_rig import CameraRig, camera_topic, rig_from_param
 from vla_driver.experience import messages as m
 from vla_driver.experience.reader import TopicMap, recorded_camera_topic
 from vla_driver.experience.segments import SegmentWriter
@@ -142,7 +142,7 @@ class LoggerNode(Node):
             self.create_subscription(msg_cls, topic, self._recorder(record_as), qos, callback_group=group,
                                      raw=True)
             self.recording[self.resolve_topic_name(topic)] = record_as
-        for topic, record_as, msg_cls, msgtype in rig_topics(load_rig(p.rig) if p.rig else None):
+        for topic, record_as, msg_cls, msgtype in rig_topics(rig_from_param(p.rig)):
             self.writer.add_topic(record_as, msgtype)
             self.create_subscription(msg_cls, topic, self._recorder(record_as), CAMERA_QOS, callback_group=group,
                                      raw=True)

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
-from vla_driver.core.camera_rig import load_rig
+from vla_driver.core.camera_rig import rig_from_param
 from vla_driver.core.metrics import EpisodeResult
 from vla_driver.core.types import CAMERA_SIZE
 from vla_driver.sim.highway import DrivingSim
@@ -70,7 +70,7 @@ class SimBridgeNode(Node):
         p = self.params = declare_params(self, SimBridgeParams)
         if p.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {p.scenario!r}; choose from {sorted(SCENARIOS)}")
-        self.rig = load_rig(p.rig) if p.rig else None
+        self.rig = rig_from_param(p.rig)
         self.sim = DrivingSim(p.scenario, seed=p.seed, image_size=(p.image_height, p.image_width),
                               duration_s=p.duration_s or None, control_hz=p.control_hz, rig=self.rig)
         self.observation = self.sim.observation()  # the constructor has reset the scene with the seed
