@@ -23,8 +23,8 @@ def generate_launch_description():
         DeclareLaunchArgument("seed", default_value="0", description="episode seed"),
         DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint dir; empty = embedded"),
         DeclareLaunchArgument("backend", default_value="auto", description="auto|torch|onnxruntime|tensorrt"),
-        DeclareLaunchArgument("rig", default_value="",
-                              description="the checkpoint's camera rig (e.g. front); empty = the top-down view"),
+        DeclareLaunchArgument("rig", default_value="front",
+                              description="the checkpoint's camera rig (the embedded default's: front); empty = the top-down view"),
         DeclareLaunchArgument("sim_bridge_node_params",
                               default_value=os.path.join(share, "config", "sim_bridge_node.yaml")),
         IncludeLaunchDescription(

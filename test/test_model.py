@@ -173,7 +173,10 @@ def test_embedded_default_checkpoint_is_intact_and_trained():
     from vla_driver.runtime.loading import DEFAULT_CHECKPOINT
 
     manifest = verify_checkpoint(DEFAULT_CHECKPOINT)
-    assert manifest["lineage"]["kind"] == "sft" and manifest["lineage"]["samples"] > 1000
+    # online RL on top of an imitation-trained model, for CARLA's front camera
+    assert manifest["lineage"]["kind"] == "grpo_online" and manifest["lineage"]["parent"]
+    assert manifest["metrics"]["train_rl"]["iterations"] >= 8
+    assert manifest["config"]["rig"]["name"] == "front" and manifest["config"]["history"] == 1
     assert set(manifest["adapters"]) == {"decision", "action"}
 
 

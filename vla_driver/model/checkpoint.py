@@ -198,7 +198,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
             with torch.no_grad():
                 model.view_embed.copy_(state[VIEW_EMBED])
         else:  # saved before view embeddings were (2026-12-07): they load as the zeros those models drove with
-            log.warning("%s: no view embeddings saved; they start at zero", ckpt_dir)
+            log.info("%s: no view embeddings saved; they start at zero", ckpt_dir)
     model.model_version = manifest["model_version"]
     model.manifest = manifest
     return model.to(device).eval()

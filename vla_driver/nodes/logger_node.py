@@ -84,7 +84,7 @@ class LoggerParams:
     takeover_topic: str = param("/vla/takeover", "human takeover flag subscribed (std_msgs/Bool)")
     events_topic: str = param("/vla/events", "free-text events subscribed (std_msgs/String)")
     diagnostics_topic: str = param("/diagnostics", "diagnostics subscribed (diagnostic_msgs/DiagnosticArray)")
-    rig: str = param("", "camera rig whose cameras are recorded too (camera/<name>/image_raw and camera_info)")
+    rig: str = param("front", "camera rig whose cameras are recorded too (camera/<name>/image_raw and camera_info); empty = none")
 
     def __post_init__(self):
         require_positive(self, "segment_duration_s", "segment_max_mb", "queue_size")

@@ -51,7 +51,7 @@ class SimBridgeParams:
     image_width: int = param(CAMERA_SIZE[1], "camera image width (pixels)")
     image_height: int = param(CAMERA_SIZE[0], "camera image height (pixels)")
     step_timeout_s: float = param(1.0, "wall seconds to wait for a cycle's cmd_vel before a missed cycle; 0 = forever")
-    rig: str = param("", "cameras to render and publish (a preset of config/rigs or a rig YAML); empty = the top-down view on image")
+    rig: str = param("front", "cameras to render and publish (a preset of config/rigs or a rig YAML; the embedded default drives from front); empty = the top-down view on image")
 
     def __post_init__(self):
         require_positive(self, "control_hz", "image_width", "image_height")
