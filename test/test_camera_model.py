@@ -112,3 +112,11 @@ def test_held_out_looks_lie_outside_everything_training_draws():
         plain.close()
     with pytest.raises(ValueError, match="appearance must be one of"):
         DrivingSim("merge", seed=4, rig=front, appearance="sepia")
+
+
+def test_the_backend_benchmark_times_the_frames_a_rig_model_sees(front3_checkpoint, front3_policy):
+    from vla_driver.bench.backends import frame_for_bench, run
+
+    assert frame_for_bench(front3_policy).image.shape == (3, FRONT3.model_height, FRONT3.model_width, 3)
+    record = run(str(front3_checkpoint), iters=2, threads=1)  # each backend in its own process
+    assert record["torch_cycle_ms_p50"] > 0 and record["ort_cycle_ms_p50"] > 0

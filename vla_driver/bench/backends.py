@@ -17,9 +17,13 @@ from . import emit, percentiles, time_calls
 def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> None:
 
     torch.set_num_threads(threads)
-    policy = load_policy(checkpoint, backend=backend, threads=threads)
-    obs = frame_for_bench()
-    decision = policy.decide(obs).decision
+    try:
+        policy = load_policy(checkpoint, backend=backend, threads=threads)
+        obs = frame_for_bench(policy)
+        decision = policy.decide(obs).decision
+    except Exception as err:  # noqa: BLE001 - reported by the parent as one line
+        queue.put({"error": f"{backend}: {err}"})
+        return
     results = {
         "backend": policy.backend_name,
         "decision": percentiles(time_calls(lambda: policy.decision_table([obs]), iters)),
@@ -30,9 +34,10 @@ def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> 
     queue.put(results)
 
 
-def frame_for_bench():
-    """A real simulator frame: the first of a held-out highway episode."""
-    sim = DrivingSim("highway", seed=100_000)
+def frame_for_bench(policy):
+    """A real simulator frame as ``policy`` sees it (its cameras and history): a held-out highway episode's
+    first."""
+    sim = DrivingSim("highway", seed=100_000, rig=policy.rig, history=policy.history)
     try:
         return sim.reset()
     finally:
@@ -49,6 +54,8 @@ def run(checkpoint: str = "", iters: int = 100, threads: int = 2) -> dict:
         proc.start()
         out[backend] = queue.get(timeout=900)
         proc.join()
+        if "error" in out[backend]:
+            raise RuntimeError(out[backend]["error"])
     t, o = out["torch"], out["onnxruntime"]
     print(f"batch 1, {threads} threads, {iters} iterations each")
     print(f"{'graph':<10}{'torch p50':>11}{'torch p99':>11}{'ORT p50':>10}{'ORT p99':>10}{'speedup':>9}")

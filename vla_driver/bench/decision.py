@@ -18,15 +18,13 @@ import torch
 from ..core.vocabulary import parse_answer
 from ..model.prompts import fast_answer_prefix
 from ..runtime.loading import load_policy
-from ..sim.highway import DrivingSim
 from . import emit, percentiles, time_calls
+from .backends import frame_for_bench
 
 
 def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
     policy = load_policy(checkpoint, backend="torch", threads=threads)
-    sim = DrivingSim("highway", seed=100_000)
-    obs = sim.reset()
-    sim.close()
+    obs = frame_for_bench(policy)
     model, enc, tok = policy.model, policy.encoder, policy.model.tokenizer
     words = f"{policy.vocab.speeds[0]}, {policy.vocab.paths[0]}</answer>"
     images, ego = enc.images([obs]), enc.ego([obs])

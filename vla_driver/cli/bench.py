@@ -1,6 +1,7 @@
 """``vla-driver bench ...``: every benchmark's options; the measuring lives in ``vla_driver.bench``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..bench import backends, camera, decision, logger, open_loop, replay, rl_gain
@@ -92,12 +93,20 @@ def _decision(args) -> int:
 
 
 def _backends(args) -> int:
-    backends.run(args.checkpoint, args.iters, args.threads)
+    try:
+        backends.run(args.checkpoint, args.iters, args.threads)
+    except RuntimeError as err:  # a measuring process failed: its error, as one line
+        print(f"bench backends: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _replay(args) -> int:
-    replay.run(args.out, args.bag, args.seconds, args.checkpoint, args.backend, args.native)
+    try:
+        replay.run(args.out, args.bag, args.seconds, args.checkpoint, args.backend, args.native)
+    except ValueError as err:  # e.g. --native with a model that has no front camera
+        print(f"bench replay: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
