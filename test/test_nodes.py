@@ -363,7 +363,7 @@ def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout
             cmd.linear.x = 5.0
             cmd_pub.publish(cmd)
 
-    harness.node.create_subscription(Image, "image", answer, 10)
+    harness.node.create_subscription(Image, "camera/front/image_raw", answer, 10)  # the default rig: front
     harness.listen(Odometry, "odom")
     deadline = time.monotonic() + 20.0
     while not done and time.monotonic() < deadline:

@@ -254,7 +254,7 @@ def test_a_replay_into_the_same_folder_replaces_the_earlier_recording(tmp_path):
     assert clear_earlier_replays(tmp_path / "nothing") == []
 
 
-def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsys):
+def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsys, tiny_checkpoint):
     bag = write_independent_bag(tmp_path / "no_camera", seconds=1.0, with_camera=False)
     with pytest.raises(MissingTopicError) as err:
         open_bag_input(bag, {"/ego/odom": "/odom"})
@@ -265,19 +265,20 @@ def test_a_bag_without_the_camera_topic_is_refused_with_its_name(tmp_path, capsy
 
     from vla_driver.cli import main
 
-    assert main(["replay", str(bag), "--remap", "/ego/odom:=/odom", "--out", str(tmp_path / "out")]) == 2
+    assert main(["replay", str(bag), "--remap", "/ego/odom:=/odom", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "out")]) == 2
     message = capsys.readouterr().err
     assert "'/camera/image_raw' (image)" in message and "--remap" in message
 
 
-def test_a_remapped_replay_from_the_command_line_hands_rcl_no_deprecated_remap(tmp_path, capfd):
+def test_a_remapped_replay_from_the_command_line_hands_rcl_no_deprecated_remap(tmp_path, capfd, tiny_checkpoint):
     """The command's own ``--remap OLD:=NEW`` renames bag topics; rcl must not read it as a ROS remap rule
     (it did, from sys.argv, warning "This syntax is deprecated" once per rule)."""
     from vla_driver.cli import main
 
     bag = write_independent_bag(tmp_path / "bag", seconds=1.0)
     argv = ["replay", str(bag), "--lockstep", "--remap", "/front/image:=/camera/image_raw", "/ego/odom:=/odom",
-            "--backend", "torch", "--out", str(tmp_path / "out")]
+            "--checkpoint", str(tiny_checkpoint), "--backend", "torch", "--out", str(tmp_path / "out")]
     with mock.patch.object(sys, "argv", ["vla-driver", *argv]):
         assert main(argv) == 0
     captured = capfd.readouterr()
