@@ -135,3 +135,18 @@ def test_a_rig_that_is_no_preset_reaches_a_node_as_its_parameter_without_a_file(
     assert rig_param(RIG) == "front3" and rig_from_param("front3") == RIG and rig_from_param("") is None
     custom = replace(RIG, name="my_rig", model_width=RIG.model_width // 2)
     assert rig_param(custom).startswith("{") and rig_from_param(rig_param(custom)) == custom
+
+
+def test_cameras_that_send_but_never_form_a_set_make_the_set_stale():
+    """Every camera fresh, no two frames within the slop: the model has no input, and the nodes' input ages
+    say so (they fell through to a crash on the missing set before)."""
+    cams = CameraSet(RIG, slop_s=0.05)
+    h, w = RIG.model_height, RIG.model_width
+    for k, name in enumerate(RIG.names):
+        cams.on_frame(name, frame(h, w, 10.0 + 0.1 * k))  # each 0.1 s after the last
+    ages = cams.ages(10.25)
+    assert cams.synced is None and ages["camera_set"] is None
+    assert all(ages[cams.key(n)] is not None and ages[cams.key(n)] <= 0.25 for n in RIG.names)
+    for name in RIG.names:
+        cams.on_frame(name, frame(h, w, 10.3))
+    assert cams.ages(10.4)["camera_set"] == pytest.approx(0.1)

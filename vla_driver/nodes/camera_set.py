@@ -19,6 +19,7 @@ from vla_driver.core.frame_history import FrameHistory
 from .convert import BadMessage, image_to_rgb, stamp_to_seconds
 
 LEGACY_CAMERA = "image"
+CAMERA_SET = "camera_set"  # the input age of a rig's newest synchronised set
 # every camera name of the preset rigs: the launch files remap each (a node subscribes to its rig's only)
 PRESET_CAMERAS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
 
@@ -73,8 +74,12 @@ class CameraSet:
             self.synced = (_model_size(frames, self.rig), stamp)
 
     def ages(self, now: float) -> dict[str, float | None]:
-        """Seconds since each camera's newest frame (None = never received), clamped at 0."""
-        return {self.key(n): None if n not in self.latest else max(0.0, now - self.latest[n][1]) for n in self.names}
+        """Seconds since each camera's newest frame and, with a rig, since the newest set the model can use
+        (None = never): every camera may send while no set forms (their stamps never within the slop)."""
+        ages = {self.key(n): None if n not in self.latest else max(0.0, now - self.latest[n][1]) for n in self.names}
+        if self.rig is not None:
+            ages[CAMERA_SET] = None if self.synced is None else max(0.0, now - self.synced[1])
+        return ages
 
     def lagging(self) -> list[str]:
         """Cameras whose newest frame trails the newest of the others by more than the slop."""
