@@ -31,7 +31,7 @@ def run(out: str | Path, bag: str = "", seconds: float = 20.0, checkpoint: str =
     rig = checkpoint_rig(resolve_checkpoint(checkpoint))
     if native and (rig is None or rig.names != ("front",)):
         raise ValueError(f"--native records CARLA's front camera; the model drives from {rig_label(rig)}")
-    remaps = CARLA_REMAPS if native and not bag else None
+    remaps = CARLA_REMAPS if native else None  # a --bag with --native is one as the bridge records it
     if not bag:
         shutil.rmtree(out / "sample", ignore_errors=True)  # one drive per folder: replay refuses two
         bag = (record_carla_like(out / "sample", seconds, seed=3) if native else
