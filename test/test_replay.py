@@ -400,3 +400,18 @@ def test_the_default_model_keeps_its_plans_in_the_lane_on_a_straight_road_at_car
     assert r["plan_error_samples"] >= 8
     assert lateral["median_abs"] < 0.5 and lateral["p90_abs"] < 1.0, r["plan_vs_driven"]
     assert r["off_lane_share"] == 0.0, r["plan_vs_driven"]
+
+
+def test_a_bag_rosbags_cannot_read_is_refused_in_one_line(sim_bag, tmp_path, capsys, tiny_checkpoint):
+    """A serialization other than cdr (as a ros2 bag may hold) ended in a traceback from rosbags' reader."""
+    import shutil
+
+    bag = tmp_path / "json_bag"
+    shutil.copytree(sim_bag, bag)
+    meta = bag / "metadata.yaml"
+    meta.write_text(meta.read_text().replace("serialization_format: cdr", "serialization_format: json"))
+    from vla_driver.cli import main
+
+    assert main(["replay", str(bag), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("replay: ") and "cannot be replayed" in err and "json" in err

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosbags.highlevel import AnyReader
+from rosbags.highlevel import AnyReader, AnyReaderError
 
 from ..experience import messages as m
 from ..experience.messages import header_stamp_ns
@@ -74,11 +74,19 @@ def open_bag_input(path, remaps: dict[str, str] | None = None, cameras: tuple[st
     camera_roles = tuple(camera_topic(n) for n in cameras) if cameras else (LEGACY_CAMERA,)
     schema = {**dict(zip(camera_roles, (schema_map.image, *schema_map.more_cameras), strict=True)),
               **{r: t for r, t in schema_map.roles().items() if r != "image"}}
-    groups = timelines(find_bags(path))
-    if len(groups) != 1:
-        raise ValueError(f"{path} holds {len(groups)} separate drives; replay one bag or one route at a time")
-    bags = groups[0]
-    source = bags[0].name if len(bags) == 1 else f"{bags[0].name} .."
+    try:
+        groups = timelines(find_bags(path))
+        if len(groups) != 1:
+            raise ValueError(f"{path} holds {len(groups)} separate drives; replay one bag or one route at a time")
+        bags = groups[0]
+        source = bags[0].name if len(bags) == 1 else f"{bags[0].name} .."
+        return _check_bag(bags, source, path, remaps, schema, camera_roles, cameras)
+    except AnyReaderError as err:  # e.g. a serialization other than cdr: one line, not a traceback
+        raise ValueError(f"{path}: cannot be replayed: {err}") from None
+
+
+def _check_bag(bags: list[Path], source: str, path, remaps: dict[str, str], schema: dict[str, str],
+               camera_roles: tuple[str, ...], cameras: tuple[str, ...] | None) -> BagInput:
     with AnyReader(bags, default_typestore=m.TYPESTORE) as reader:
         if not reader.is2:
             raise ValueError(f"{path}: ROS 1 bags cannot be replayed into ROS 2 nodes")
