@@ -242,6 +242,7 @@ def test_malformed_messages_are_rejected_with_a_diagnostic_and_the_node_keeps_pu
     assert harness.drive_until(lambda: any(stamp > after for _, stamp in planned(harness.trajectories())))
 
 
+
 def test_controller_follows_a_left_curve_and_brakes_when_the_trajectory_goes_stale(harness):
     overrides = [Parameter("trajectory_timeout_s", value=1.0), Parameter("max_input_age_s", value=1.0)]
     harness.add(ControllerNode(context=harness.context, parameter_overrides=overrides))
@@ -426,3 +427,20 @@ def test_an_oversized_image_or_navigation_is_refused_before_any_work_on_it():
     with pytest.raises(BadMessage, match="1000000 characters"):
         assembler.on_navigation(String(data="x" * 1_000_000))
     assert assembler.navigation == "keep lane"  # the last good instruction stands
+
+
+def test_an_ok_status_names_no_earlier_rejection_while_the_counters_keep_it(harness):
+    from vla_driver.nodes.convert import BadMessage
+    from vla_driver.nodes.diagnostics import OK, WARN, NodeDiagnostics
+
+    diagnostics = NodeDiagnostics(harness.node)
+
+    def keys() -> set[str]:
+        return {kv.key for kv in diagnostics.status().values}
+
+    diagnostics.reject("image", BadMessage("wrong_size", "100 bytes"))
+    assert "last_rejected" in keys()
+    diagnostics.set_status(WARN, "no decision yet")  # still not OK: the rejection stays in view
+    assert "last_rejected" in keys()
+    diagnostics.set_status(OK, "KEEP, STRAIGHT")
+    assert "last_rejected" not in keys() and diagnostics.counters["rejected_image"] == 1

@@ -48,10 +48,13 @@ class NodeDiagnostics:
             self.input_ages[name] = float("inf") if age_s is None else float(age_s)
 
     def set_status(self, level: bytes, message: str) -> None:
-        """Set the current level and message; a level change is published immediately."""
+        """Set the current level and message; a level change is published immediately. An OK status names no
+        earlier rejection (the counters keep them)."""
         with self._lock:
             changed = level != self.level
             self.level, self.message = level, message
+            if level == OK:
+                self.values.pop("last_rejected", None)
         if changed:
             self.publish()
 
