@@ -37,7 +37,7 @@ def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> 
 def frame_for_bench(policy):
     """A real simulator frame as ``policy`` sees it (its cameras and history): a held-out highway episode's
     first."""
-    sim = DrivingSim("highway", seed=100_000, rig=policy.rig, history=policy.history)
+    sim = DrivingSim.for_policy(policy, "highway", seed=100_000)
     try:
         return sim.reset()
     finally:

@@ -221,6 +221,10 @@ class CameraRig:
         """Intrinsics of the camera's image at the model input size (CameraInfo for resized images)."""
         return self.fit(camera).intrinsics(camera.K)
 
+    def blank_views(self, frames: int = 1) -> np.ndarray:
+        """Black model inputs: every camera x ``frames`` views at the model's size (warm-ups, unrendered steps)."""
+        return np.zeros((len(self.cameras) * frames, self.model_height, self.model_width, 3), np.uint8)
+
     def model_camera_info(self, camera: CameraSpec) -> dict:
         """The CameraInfo fields of the camera's image at the model input size."""
         return camera_info_fields(self.model_K(camera), self.model_width, self.model_height)

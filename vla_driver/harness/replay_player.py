@@ -131,9 +131,9 @@ class ReplayPlayer:
                                                        **remapped("odom:=controller_odom")))
             self.io = self._add(Node("replay_player", **common))
             self.clock_pub = self.io.create_publisher(Clock, "/clock", 10)
-            cameras = [(topic, Image) for c in source.cameras for topic in (c, _to_decision(c))]
             self.pubs = {role: self.io.create_publisher(cls, role, QoSProfile(depth=10)) for role, cls in (
-                *cameras, ("odom", Odometry), ("controller_odom", Odometry), ("navigation", String))}
+                *((t, Image) for t in self._camera_topics()), ("odom", Odometry), ("controller_odom", Odometry),
+                ("navigation", String))}
             for role, cls in (("decision", String), ("trajectory", PathMsg), ("cmd_vel", Twist)):
                 self.io.create_subscription(cls, role, self._recorder(role), QoSProfile(depth=1000), raw=True)
             if lockstep:  # the player runs the cycles; sim-time timers would race it
@@ -152,6 +152,10 @@ class ReplayPlayer:
             self.close()
             raise
 
+    def _camera_topics(self) -> list[str]:
+        """Every topic the player sends camera frames on: the action node's and the decision node's own."""
+        return [topic for c in self.source.cameras for topic in (c, _to_decision(c))]
+
     def _add(self, node):
         self.nodes.append(node)
         return node
@@ -159,9 +163,8 @@ class ReplayPlayer:
     def _wait_for_graph(self) -> None:
         def connected():
             io = self.io
-            cameras = [(topic, 1) for c in self.source.cameras for topic in (c, _to_decision(c))]
             ins = all(self.pubs[r].get_subscription_count() >= n
-                      for r, n in (*cameras, ("odom", 2), ("controller_odom", 1)))
+                      for r, n in (*((t, 1) for t in self._camera_topics()), ("odom", 2), ("controller_odom", 1)))
             outs = all(io.count_publishers(io.resolve_topic_name(r)) >= 1 for r in OUTPUTS)
             # both ends of every connection: a message sent before the reader matched is lost for good
             subs = all(sub.get_publisher_count() >= 1 for node in self.nodes for sub in node.subscriptions

@@ -40,8 +40,8 @@ def load_policy(checkpoint: str, backend: str):
 def blank_observation(navigation: str, rig: CameraRig | None = None, history: int = 1) -> Observation:
     """Black frames at standstill (each view of ``rig`` x ``history``, at the model's size), for warming a
     policy up before the first real input."""
-    shape = (*CAMERA_SIZE, 3) if rig is None else (len(rig.names) * history, rig.model_height, rig.model_width, 3)
-    return Observation(image=np.zeros(shape, np.uint8), speed=0.0, navigation=navigation)
+    image = np.zeros((*CAMERA_SIZE, 3), np.uint8) if rig is None else rig.blank_views(history)
+    return Observation(image=image, speed=0.0, navigation=navigation)
 
 
 class HotSwap:

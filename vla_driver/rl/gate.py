@@ -157,7 +157,6 @@ def replay_drives(paths, cameras: tuple[str, ...] | None = None) -> list:
     return drives
 
 
-
 def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=None, truth: str = "logged") -> dict:
     """Planning accuracy over a replay set (``replay_drives``), each drive replayed as in
     :func:`replay_accuracy`: the share of all their samples decided right, so a long drive weighs more

@@ -125,10 +125,9 @@ class RolloutWorker:
         a branch started near the end of the episode still runs its full horizon."""
         if scenario not in self._sims:
             cfg = self.cfg
-            cameras = {"rig": self.policy.rig, "history": self.policy.history}
-            main = DrivingSim(scenario, 0, duration_s=cfg.episode_s, **cameras)
+            main = DrivingSim.for_policy(self.policy, scenario, duration_s=cfg.episode_s)
             extra = cfg.reward.horizon_s + cfg.reward.follow_s
-            branches = [DrivingSim(scenario, 0, duration_s=main.duration_s + extra, **cameras)
+            branches = [DrivingSim.for_policy(self.policy, scenario, duration_s=main.duration_s + extra)
                         for _ in range(cfg.group_size)]
             self._sims[scenario] = (main, branches)
         return self._sims[scenario]

@@ -165,18 +165,10 @@ class Appearance:
         )
 
 
-APPEARANCES = ("default", "random", "held_out")  # DrivingSim(appearance=...): one look, sample, held_out
-
-
-def appearance_for(kind: str, rng: np.random.Generator) -> Appearance:
-    """The episode's look: the default, one ``Appearance.sample`` draws (training), or a held-out one."""
-    if kind == "default":
-        return Appearance.default()
-    if kind == "random":
-        return Appearance.sample(rng)
-    if kind == "held_out":
-        return Appearance.held_out(rng)
-    raise ValueError(f"appearance must be one of {APPEARANCES}, got {kind!r}")
+# DrivingSim(appearance=...): an episode's look from its seed's generator: the default one, one that
+# ``Appearance.sample`` draws (training), or a held-out one
+APPEARANCES = {"default": lambda rng: Appearance.default(), "random": Appearance.sample,
+               "held_out": Appearance.held_out}
 
 
 def _color(rgb, scale: float = 1.0) -> Vec4:

@@ -56,7 +56,7 @@ def run_episode(policy, scenario: str, seed: int, decision_hz: float = 2.0, plan
                 controller: PurePursuitPID | None = None) -> tuple[EpisodeResult, list | None]:
     """Drive one episode; returns the result and, with ``record_frames``, one frame dict per step
     (image, trajectory, decision, navigation, time, speed) for :mod:`vla_driver.sim.render`."""
-    sim = sim or DrivingSim(scenario, seed, rig=getattr(policy, "rig", None), history=getattr(policy, "history", 1))
+    sim = sim or DrivingSim.for_policy(policy, scenario, seed)
     obs = sim.reset(seed)
     _bind(policy, sim)
     controller = controller or PurePursuitPID()
@@ -155,9 +155,8 @@ class _EpisodeRunner:
 
     def run(self, scenario: str, seed: int) -> EpisodeResult:
         if scenario not in self.sims:
-            self.sims[scenario] = DrivingSim(scenario, seed, duration_s=self.duration_s,
-                                             rig=getattr(self.policy, "rig", None),
-                                             history=getattr(self.policy, "history", 1), appearance=self.appearance)
+            self.sims[scenario] = DrivingSim.for_policy(self.policy, scenario, seed, duration_s=self.duration_s,
+                                                        appearance=self.appearance)
         return run_episode(self.policy, scenario, seed, sim=self.sims[scenario], **self.kwargs)[0]
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from ..core.frame_history import FrameHistory  # noqa: E402
 from ..core.metrics import EpisodeResult  # noqa: E402
 from ..core.trajectory import wrap_angle  # noqa: E402
 from ..core.types import CAMERA_SIZE, Observation  # noqa: E402
-from .camera_render import APPEARANCES, CameraRenderer, appearance_for  # noqa: E402
+from .camera_render import APPEARANCES, CameraRenderer  # noqa: E402
 from .episode import DEVIATION_M, EpisodeState, StepInfo, episode_result, update_termination  # noqa: E402
 from .route import HIGHWAY_ROUTE_M, Route, build_route, navigation_text  # noqa: E402
 from .scenarios import DEFAULT_DURATION_S, SCENARIOS  # noqa: E402
@@ -107,7 +107,7 @@ class DrivingSim:
         self.duration_s = float(duration_s) if duration_s else DEFAULT_DURATION_S[scenario]
         self._camera = None
         if appearance not in APPEARANCES:
-            raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+            raise ValueError(f"appearance must be one of {tuple(APPEARANCES)}, got {appearance!r}")
         self.rig, self.appearance = rig, appearance
         if history > 1 and rig is None:
             raise ValueError("frame history needs a camera rig (the top-down models see one frame)")
@@ -121,6 +121,12 @@ class DrivingSim:
         self.reset(self.seed)
 
     # ------------------------------------------------------------------ setup
+    @classmethod
+    def for_policy(cls, policy, scenario: str, seed: int = 0, **kwargs) -> DrivingSim:
+        """A simulator rendering what ``policy`` sees: its rig's cameras and frame history (the expert and
+        the top-down models have neither)."""
+        return cls(scenario, seed, rig=getattr(policy, "rig", None), history=getattr(policy, "history", 1), **kwargs)
+
     def _config(self) -> dict:
         cfg = {
             "action": {"type": "ContinuousAction", "acceleration_range": (-MAX_DECEL, MAX_ACCEL),
@@ -189,7 +195,7 @@ class DrivingSim:
         if self._history is not None:
             self._history.clear()
         if self.rig is not None:
-            self.cameras().set_appearance(appearance_for(self.appearance, np.random.default_rng([self.seed, 11])))
+            self.cameras().set_appearance(APPEARANCES[self.appearance](np.random.default_rng([self.seed, 11])))
         return self.observation()
 
     def remove_traffic(self) -> None:
@@ -227,7 +233,6 @@ class DrivingSim:
     def observation(self, render: bool = True) -> Observation:
         """Camera image(s) (with the frame history) + ego state; ``render=False`` gives black images (for
         policies that ignore them)."""
-        frames = self._history.frames if self._history is not None else 1
         if render:
             image = self.render()
             if self._history is not None:
@@ -236,8 +241,7 @@ class DrivingSim:
         elif self.rig is None:
             image = np.zeros((*self.image_size, 3), dtype=np.uint8)
         else:
-            image = np.zeros((len(self.rig.cameras) * frames, self.rig.model_height, self.rig.model_width, 3),
-                             np.uint8)
+            image = self.rig.blank_views(self._history.frames if self._history is not None else 1)
         return Observation(image=image, speed=float(self.vehicle.speed), navigation=self.navigation(),
                            accel=self._state.accel, yaw_rate=self._state.yaw_rate, stamp=self._state.time)
 
