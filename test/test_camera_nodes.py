@@ -15,7 +15,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from test_nodes import action_node, is_stop, planned
 
-from vla_driver.core.camera_rig import load_rig
+from vla_driver.core.camera_rig import fit_to_model, load_rig
 from vla_driver.experience.reader import TopicMap, read_samples
 from vla_driver.nodes.camera_set import CameraSet, camera_topic
 from vla_driver.nodes.convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
@@ -46,6 +46,22 @@ def test_a_set_forms_only_when_every_camera_is_within_the_slop_and_a_late_camera
     assert cams.synced[1] == pytest.approx(10.02)  # front_left is 0.3 s behind: no new set
     assert cams.lagging() == ["camera_front_left"]
     assert cams.ages(10.5)["camera_front_left"] == pytest.approx(0.49)
+
+
+def test_native_and_model_size_frames_make_the_same_set_as_the_model_encoder_would():
+    """A native frame is held at the model's size as it arrives: exactly what ``fit_to_model`` makes of
+    the decoded frame, so the nodes, replay and training see the same pixels."""
+    native = RIG.camera("front")
+    big = {n: frame(native.height, native.width, 5.0, seed=i) for i, n in enumerate(RIG.names)}
+    cams = CameraSet(RIG)
+    for name, msg in big.items():
+        cams.on_frame(name, msg)
+    image, _ = cams.synced
+    assert image.shape == (3, RIG.model_height, RIG.model_width, 3)
+    for i, name in enumerate(RIG.names):
+        decoded = np.frombuffer(big[name].data, np.uint8).reshape(native.height, native.width, 3)
+        np.testing.assert_array_equal(image[i], fit_to_model(decoded, RIG))
+    assert (image[0] != image[1]).any()  # each camera's own frame, in the rig's order
 
 
 def test_a_camera_at_another_resolution_is_refused_with_the_reason():

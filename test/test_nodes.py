@@ -380,7 +380,7 @@ def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
 def test_image_encodings_decode_to_rgb(encoding):
-    from vla_driver.nodes.convert import image_to_rgb
+    from vla_driver.nodes.convert import image_to_pil, image_to_rgb
 
     rgb = np.random.default_rng(1).integers(0, 255, (4, 6, 3), dtype=np.uint8)
     if encoding == "mono8":
@@ -393,6 +393,7 @@ def test_image_encodings_decode_to_rgb(encoding):
     msg = Image(height=4, width=6, encoding=encoding, step=padded.shape[1])
     msg.data = padded.tobytes()
     np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+    np.testing.assert_array_equal(np.asarray(image_to_pil(msg)), rgb)  # the unpack a rig's frames take
 
 
 def test_trajectory_path_and_decision_json_round_trip(tiny_policy):
@@ -417,12 +418,13 @@ def test_trajectory_path_and_decision_json_round_trip(tiny_policy):
 
 
 def test_an_oversized_image_or_navigation_is_refused_before_any_work_on_it():
-    from vla_driver.nodes.convert import BadMessage, image_to_rgb
+    from vla_driver.nodes.convert import BadMessage, image_to_pil, image_to_rgb
     from vla_driver.nodes.inputs import ObservationAssembler
 
     huge = Image(height=8000, width=8000, encoding="rgb8", step=8000 * 3)  # its 192 MB are never looked at
-    with pytest.raises(BadMessage, match="8000x8000 is over"):
-        image_to_rgb(huge)
+    for decode in (image_to_rgb, image_to_pil):
+        with pytest.raises(BadMessage, match="8000x8000 is over"):
+            decode(huge)
     assembler = ObservationAssembler(default_navigation="keep lane")
     with pytest.raises(BadMessage, match="1000000 characters"):
         assembler.on_navigation(String(data="x" * 1_000_000))

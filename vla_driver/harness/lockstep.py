@@ -12,8 +12,9 @@ timing. Outputs are recorded at the clock of their frame (``ReplayResult.digest`
 wall-clock figure, left out).
 
 A camera frame goes only to the model nodes that run a cycle on it (a 20 Hz camera feeds the 10 Hz plans
-every other frame; the rest are neither decoded nor recorded), and the bag is read a few messages ahead
-on a thread of its own, so an 800x600 bgra8 camera does not pay for frames nobody uses.
+every other frame; the rest are neither decoded nor recorded, and the clock does not stop at them: their
+odometry travels with the next frame's), and the bag is read a few messages ahead on a thread of its own,
+so an 800x600 bgra8 camera does not pay for frames nobody uses.
 """
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ class LockstepPlayer(ReplayPlayer):
                     self._grid_origin = t_ns
                 # a frame goes only to the nodes that run a cycle on it: the others would decode it for nothing
                 deciding, planning = t_ns >= self._next_decision, t_ns >= self._next_plan
+                frames += 1
+                bar.update()
+                if not (deciding or planning):  # no cycle runs on it: its odometry travels with the next one's
+                    continue
                 for camera, (frame_ns, frame_raw) in raw.items():
                     self._play(camera, frame_ns, frame_raw, to_decision=deciding, to_action=planning)
                 self._settle()
@@ -77,8 +82,6 @@ class LockstepPlayer(ReplayPlayer):
                 self._wait_inputs(stamp, t_ns, expect, rejected, deciding, planning)
                 self._cycle(t_ns, frame_start, deciding, planning)
                 rejected = {n: self._rejected(n) for n in rejected}
-                frames += 1
-                bar.update()
         self._settle()
         bar.close()
         return self._summary(frames, first, last, time.perf_counter() - start)

@@ -4,8 +4,8 @@ Approximate-time policy: each camera's newest frame is kept; a set is formed whe
 cameras lie within ``slop_s`` of each other, stamped with the newest. A camera whose frame trails the
 others by more than ``slop_s`` lags (the node says which); one that stops goes stale past the node's
 ``max_input_age_s`` and the node falls back as for a missing image. Without a rig there is one camera,
-``image``, as the top-down models were trained. A model with a frame history gets each set with the
-earlier sets ``core.frame_history`` picks (held at the model's input size).
+``image``, as the top-down models were trained. A rig's frames are held at the model's input size. A model
+with a frame history gets each set with the earlier sets ``core.frame_history`` picks.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vla_driver.core.camera_rig import CameraRig, fit_to_model
 from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
 from vla_driver.core.frame_history import FrameHistory
 
-from .convert import BadMessage, image_to_rgb, stamp_to_seconds
+from .convert import BadMessage, image_to_pil, image_to_rgb, stamp_to_seconds
 
 LEGACY_CAMERA = "image"
 CAMERA_SET = "camera_set"  # the input age of a rig's newest synchronised set
@@ -51,8 +51,15 @@ class CameraSet:
             (h, w), (mh, mw) = allowed
             raise BadMessage("wrong_resolution", f"camera {name} sends {msg.width}x{msg.height}; the "
                                                  f"{self.rig.name} rig has {w}x{h} there (or the model's {mw}x{mh})")
-        self.latest[name] = (image_to_rgb(msg), stamp_to_seconds(msg.header.stamp))
+        self.latest[name] = (self._decode(msg), stamp_to_seconds(msg.header.stamp))
         self._assemble()
+
+    def _decode(self, msg: Image) -> np.ndarray:
+        """A rig's frame is brought to the model's input size as it arrives (unpacked and resized in one
+        pass, and only the small frame is held); without a rig the frame is the model's input as it is."""
+        if self.rig is None or (msg.height, msg.width) == (self.rig.model_height, self.rig.model_width):
+            return image_to_rgb(msg)
+        return fit_to_model(image_to_pil(msg), self.rig)
 
     def _assemble(self) -> None:
         latest = self.latest
@@ -65,13 +72,11 @@ class CameraSet:
             self.synced = latest[LEGACY_CAMERA]
             return
         frames, stamp = [latest[n][0] for n in self.names], max(stamps)
-        if self.history is not None:  # held at the model's size: native frames would cost ~1.4 MB each
-            self.history.push(_model_size(frames, self.rig), stamp)
+        if self.history is not None:
+            self.history.push(np.stack(frames), stamp)
             self.synced = (self.history.views(), stamp)
-        elif len({f.shape for f in frames}) == 1:
-            self.synced = (np.stack(frames), stamp)
         else:
-            self.synced = (_model_size(frames, self.rig), stamp)
+            self.synced = (np.stack(frames), stamp)
 
     def ages(self, now: float) -> dict[str, float | None]:
         """Seconds since each camera's newest frame and, with a rig, since the newest set the model can use
@@ -103,8 +108,3 @@ class CameraSet:
                     callback(name)
             node.create_subscription(Image, camera_topic(name), guard(self.key(name), on_frame), qos, **kwargs)
 
-
-def _model_size(frames: list[np.ndarray], rig: CameraRig) -> np.ndarray:
-    """The frames at the model's input size, those already there as they are (the encoder does the same)."""
-    size = (rig.model_height, rig.model_width)
-    return np.stack([f if f.shape[:2] == size else fit_to_model(f, rig) for f in frames])
