@@ -93,6 +93,7 @@ def register(sub) -> None:
     p.add_argument("--gate-report", default="", help="gate decision JSON from `vla-driver gate --report`")
     p.add_argument("--force", action="store_true", help="promote even though the gate report refused it")
     p.add_argument("--precision", default="fp16", help="TensorRT engine precision (when TensorRT is here)")
+    p.add_argument("--key", default="", help="sign the promoted checkpoint with this ed25519 private key")
     p.set_defaults(func=promote_command)
 
 
@@ -163,8 +164,9 @@ def promote_command(args) -> int:
         if not report.get("promote") and not args.force:
             print("the gate refused this candidate: " + "; ".join(report.get("reasons", [])) + " (--force overrides)")
             return 1
-    record = promote(candidate, args.registry, report, args.precision)
+    record = promote(candidate, args.registry, report, args.precision, sign_key=args.key)
     engine = record["engine"]
     print(f"promoted {record['model_version']} (previous {record['previous']}) -> {record['path']}; "
-          f"engines: {'built' if engine['built'] else engine.get('skipped') or engine.get('error')}")
+          f"engines: {'built' if engine['built'] else engine.get('skipped') or engine.get('error')}"
+          + (f"; signed by key {record['signed_by']}" if record.get("signed_by") else ""))
     return 0

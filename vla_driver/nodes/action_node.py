@@ -63,7 +63,7 @@ class ActionNode(HotSwap, Node):
         super().__init__("action_node", **node_kwargs)
         self.params = declare_params(self, ActionParams)
         self.limits = self.params.limits()
-        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
+        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend, self.params.trusted_keys)
         self.on_trajectory = on_trajectory
         self.default_decision = self._default_decision(self.policy)
         self.inputs = ObservationAssembler(self.params.default_navigation,

@@ -41,7 +41,7 @@ class DecisionNode(HotSwap, Node):
     def __init__(self, policy=None, on_decision: Callable[[str], None] | None = None, **node_kwargs):
         super().__init__("decision_node", **node_kwargs)
         self.params = declare_params(self, DecisionParams)
-        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend)
+        self.policy = policy or load_policy(self.params.checkpoint, self.params.backend, self.params.trusted_keys)
         self.on_decision = on_decision
         self.inputs = ObservationAssembler(self.params.default_navigation,
                                            CameraSet(self.policy.rig, self.params.camera_slop_s, self.policy.history))

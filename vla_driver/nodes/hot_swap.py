@@ -30,11 +30,13 @@ class ModelParams:
     checkpoint: str = param("", "policy checkpoint directory; empty = the embedded default")
     backend: str = param("auto", "inference backend: auto, torch, onnxruntime or tensorrt")
     camera_slop_s: float = param(0.05, "cameras of a rig whose newest frames lie further apart than this (s) form no set; WARN names the late one")
+    trusted_keys: str = param("", "comma-separated ed25519 public keys (files, or directories of *.pub); when set, only a checkpoint signed by one of them loads, at start and at hot swap")
 
 
-def load_policy(checkpoint: str, backend: str):
-    """A node's policy, with torch threads shared out among the two model nodes of one machine."""
-    return runtime_load_policy(checkpoint, backend, threads=inference_threads())
+def load_policy(checkpoint: str, backend: str, trusted_keys: str = ""):
+    """A node's policy, with torch threads shared out among the two model nodes of one machine; with
+    ``trusted_keys``, only a checkpoint one of them signed."""
+    return runtime_load_policy(checkpoint, backend, threads=inference_threads(), trusted_keys=trusted_keys)
 
 
 def blank_observation(navigation: str, rig: CameraRig | None = None, history: int = 1) -> Observation:
@@ -75,7 +77,7 @@ class HotSwap:
 
     def _load(self, checkpoint: str, request: int) -> None:
         try:
-            policy = load_policy(checkpoint, self.params.backend)
+            policy = load_policy(checkpoint, self.params.backend, self.params.trusted_keys)
             if policy.rig != self.policy.rig:
                 raise ValueError(f"it drives from {rig_label(policy.rig)}; this node subscribes to the cameras of "
                                  f"{rig_label(self.policy.rig)} (restart the node to change cameras)")

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
+from vla_driver.model.checkpoint import CheckpointError
+
 from .executor import MultiThreadedExecutor
 
 
@@ -41,6 +43,9 @@ def spin_standalone(node_cls, args=None) -> None:
             rclpy.spin(node, executor=MultiThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except CheckpointError as err:  # refused at start (a hash, a signature): one line for the launch log
+        rclpy.logging.get_logger(node_cls.__name__).fatal(f"not starting: {err}")
+        raise SystemExit(1) from None
     finally:
         if node is not None:
             node.destroy_node()

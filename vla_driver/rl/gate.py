@@ -40,6 +40,7 @@ from ..experience.reader import find_bags, timelines
 from ..harness.replay import replay_bag
 from ..harness.replay_input import open_bag_input
 from ..model.checkpoint import checkpoint_rig, read_manifest, sha256_file, verify_checkpoint
+from ..model.signing import load_private_key, sign_checkpoint
 from ..runtime.loading import ensure_exported, load_policy, resolve_checkpoint
 from ..runtime.tensorrt_builder import build_engine
 from ..runtime.tensorrt_env import tensorrt_available
@@ -255,9 +256,12 @@ def _build_engines(checkpoint: Path, precision: str) -> dict:
 
 
 def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None = None,
-            precision: str = "fp16") -> dict:
-    """Install ``candidate`` as the registry's current model; returns the registry log record."""
+            precision: str = "fp16", sign_key: str | Path = "") -> dict:
+    """Install ``candidate`` as the registry's current model; returns the registry log record. With
+    ``sign_key`` the installed copy is signed (``model.signing``) before it becomes current."""
     candidate = Path(candidate)
+    if sign_key:
+        load_private_key(Path(sign_key))  # a bad key fails here, before anything is installed
     manifest = verify_checkpoint(candidate)
     version = manifest["model_version"]
     registry = Path(registry_dir)
@@ -273,6 +277,7 @@ def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None =
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     previous = current_version(registry)
+    signed_by = sign_checkpoint(dest, sign_key) if sign_key else None
     engine = _build_engines(dest, precision)
     _point_current(registry, version)
     if isinstance(gate_decision, GateDecision):
@@ -280,7 +285,7 @@ def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None =
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_version": version, "previous": previous,
         "source": str(candidate.resolve()), "path": str(dest), "lineage": manifest.get("lineage", {}),
-        "metrics": manifest.get("metrics", {}), "gate": gate_decision, "engine": engine,
+        "metrics": manifest.get("metrics", {}), "gate": gate_decision, "engine": engine, "signed_by": signed_by,
     }
     with open(registry / REGISTRY_LOG, "a") as f:
         f.write(json.dumps(record, default=str) + "\n")

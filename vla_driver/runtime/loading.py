@@ -16,6 +16,7 @@ from ..core.trajectory import TrajectorySpec
 from ..core.vocabulary import DecisionVocabulary
 from ..model.checkpoint import load_checkpoint, sha256_file, verify_checkpoint
 from ..model.config import VLAConfig
+from ..model.signing import load_trusted_keys, verify_signature
 from ..model.tokenizer import load_tokenizer
 from . import export
 from .backend_select import resolve_backend
@@ -46,14 +47,17 @@ def inference_threads(model_nodes: int = 2) -> int:
 
 
 def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threads: int = 2,
-                precision: str = "fp16", allow_rebuild: bool = False):
+                precision: str = "fp16", allow_rebuild: bool = False, trusted_keys: str | list = ""):
     """A DrivingPolicy for ``checkpoint`` on the requested backend.
 
     ``auto`` picks the fastest valid one: TensorRT engines (``<ckpt>/engines``) if TensorRT is here and every
     engine passes the cache rules, else ONNX Runtime on ``<ckpt>/onnx`` (exported on first use), else torch.
     An explicit request that cannot be met falls back with a warning. ``policy.backend_choice`` says why.
+    With ``trusted_keys`` (``signing.load_trusted_keys``) the manifest must carry a signature by one of them.
     """
     path = resolve_checkpoint(checkpoint)
+    if trusted_keys:
+        verify_signature(path, load_trusted_keys(trusted_keys))
     manifest = verify_checkpoint(path)
     torch.set_num_threads(threads)
     warnings: list[str] = []
