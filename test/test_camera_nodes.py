@@ -64,6 +64,24 @@ def test_native_and_model_size_frames_make_the_same_set_as_the_model_encoder_wou
     assert (image[0] != image[1]).any()  # each camera's own frame, in the rig's order
 
 
+def test_frames_stamped_in_the_future_twice_or_backwards_are_refused_naming_the_time_fault():
+    cams = CameraSet(None)  # one camera: the stamp rules are per camera, rig or not
+    h, w = 128, 256
+    with pytest.raises(BadMessage, match=r"stamp_in_future: camera image frame stamped 3600.000 s ahead"):
+        cams.on_frame("image", frame(h, w, 3610.0), now=10.0)  # a camera clock an hour ahead
+    assert cams.synced is None
+    cams.on_frame("image", frame(h, w, 10.0), now=10.0)
+    with pytest.raises(BadMessage, match="duplicate_stamp"):
+        cams.on_frame("image", frame(h, w, 10.0, seed=1), now=10.1)
+    with pytest.raises(BadMessage, match="stamp_backwards: .* older than its last one at 10.000 s"):
+        cams.on_frame("image", frame(h, w, 9.0, seed=1), now=10.1)
+    assert cams.synced[1] == 10.0 and cams.ages(10.6)["image"] == pytest.approx(0.6)  # still the last good frame
+    cams.on_frame("image", frame(h, w, 1.0, seed=2), now=1.0)  # the clock went back too: a reset, start over
+    assert cams.synced[1] == 1.0
+    cams.on_frame("image", frame(h, w, 5.0, seed=2), now=0.0)  # sim time before the first /clock: not checked
+    assert cams.synced[1] == 5.0
+
+
 def test_a_camera_at_another_resolution_is_refused_with_the_reason():
     cams = CameraSet(RIG)
     native = RIG.camera("front")

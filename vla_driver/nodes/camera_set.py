@@ -19,6 +19,9 @@ from vla_driver.core.frame_history import FrameHistory
 from .convert import BadMessage, image_to_pil, image_to_rgb, stamp_to_seconds
 
 LEGACY_CAMERA = "image"
+# A frame stamped further ahead of the node's clock is refused: its age would read 0 until the clock caught up
+# (an hour, for a camera clock an hour off), so a camera that then stopped would never go stale.
+MAX_CLOCK_SKEW_S = 0.5
 CAMERA_SET = "camera_set"  # the input age of a rig's newest synchronised set
 # every camera name of the preset rigs: the launch files remap each (a node subscribes to its rig's only)
 PRESET_CAMERAS = ("front", "front_left", "front_right", "back", "back_left", "back_right")
@@ -44,15 +47,38 @@ class CameraSet:
         cam = self.rig.camera(name)
         return (cam.height, cam.width), (self.rig.model_height, self.rig.model_width)
 
-    def on_frame(self, name: str, msg: Image) -> None:
-        """Decode one frame (BadMessage names what is wrong with it) and form a set if all cameras agree."""
+    def on_frame(self, name: str, msg: Image, now: float | None = None) -> None:
+        """Decode one frame (BadMessage names what is wrong with it) and form a set if all cameras agree.
+        ``now`` is the node's clock (s; None or 0 = not known yet, as with sim time before the first /clock)."""
+        stamp = stamp_to_seconds(msg.header.stamp)
+        self._check_stamp(name, stamp, now)
         allowed = self.sizes(name)
         if allowed and (msg.height, msg.width) not in allowed:
             (h, w), (mh, mw) = allowed
             raise BadMessage("wrong_resolution", f"camera {name} sends {msg.width}x{msg.height}; the "
                                                  f"{self.rig.name} rig has {w}x{h} there (or the model's {mw}x{mh})")
-        self.latest[name] = (self._decode(msg), stamp_to_seconds(msg.header.stamp))
+        self.latest[name] = (self._decode(msg), stamp)
         self._assemble()
+
+    def _check_stamp(self, name: str, stamp: float, now: float | None) -> None:
+        """Refuse, before any decoding, a frame stamped in the future, or at or before the camera's last
+        frame. Time going back on the node's clock too (a simulator reset, a bag played again) starts over."""
+        if now and stamp > now + MAX_CLOCK_SKEW_S:
+            raise BadMessage("stamp_in_future", f"camera {name} frame stamped {stamp - now:.3f} s ahead of the clock")
+        last = self.latest.get(name)
+        if last is None:
+            return
+        if stamp == last[1]:
+            raise BadMessage("duplicate_stamp", f"camera {name} sent a second frame stamped {stamp:.3f} s")
+        if stamp < last[1]:
+            if now and now < last[1]:
+                self.latest.clear()
+                self.synced = None
+                if self.history is not None:
+                    self.history.clear()
+                return
+            raise BadMessage("stamp_backwards", f"camera {name} frame at {stamp:.3f} s is older than its "
+                                                f"last one at {last[1]:.3f} s: time went backwards")
 
     def _decode(self, msg: Image) -> np.ndarray:
         """A rig's frame is brought to the model's input size as it arrives (unpacked and resized in one
@@ -103,7 +129,7 @@ class CameraSet:
         diagnostic; ``callback(name)`` runs after each accepted frame."""
         for name in self.names:
             def on_frame(msg, name=name):
-                self.on_frame(name, msg)
+                self.on_frame(name, msg, node.get_clock().now().nanoseconds * 1e-9)
                 if callback is not None:
                     callback(name)
             node.create_subscription(Image, camera_topic(name), guard(self.key(name), on_frame), qos, **kwargs)
