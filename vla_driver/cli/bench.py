@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..bench import backends, camera, decision, logger, open_loop, replay, rl_gain
+from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain
 from .common import (
     DEFAULT_SCENARIOS,
     add_eval_arguments,
@@ -62,6 +62,12 @@ def register(sub) -> None:
     b.add_argument("--domain-id", type=int, default=161, help="ROS domain of the benchmark's own graph")
     b.set_defaults(func=logger.run)
 
+    b = bench.add_parser("faults", help="faults injected into the nodes running as separate processes: "
+                                         "survival, fallback time, diagnostics, recovery, logged data")
+    b.add_argument("--domain-id", type=int, default=191, help="ROS domain of the suite's own graph")
+    b.add_argument("--work", default="", help="keep the node logs and the logger's bags here")
+    b.set_defaults(func=_faults)
+
     b = bench.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95%% CI")
     b.add_argument("--sft", required=True, metavar="CKPT")
     b.add_argument("--rl", required=True, metavar="CKPT")
@@ -108,6 +114,11 @@ def _replay(args) -> int:
         print(f"bench replay: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _faults(args) -> int:
+    summary = faults.run(args.domain_id, args.work)
+    return 0 if summary["passed"] == summary["cases"] else 1
 
 
 def _rl_gain(args) -> int:

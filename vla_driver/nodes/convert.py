@@ -148,11 +148,19 @@ class EgoState:
     stamp: float
 
 
+# No road vehicle goes faster or turns quicker: odometry beyond these is a broken sensor, not a fast car.
+MAX_ODOMETRY_SPEED = 120.0  # m/s
+MAX_ODOMETRY_YAW_RATE = 10.0  # rad/s
+
+
 def odometry_to_state(msg: Odometry) -> EgoState:
     p, t = msg.pose.pose.position, msg.twist.twist
     values = [p.x, p.y, t.linear.x, t.angular.z]
     if not all(math.isfinite(v) for v in values):
         raise BadMessage("non_finite", f"odometry position/twist {values}")
+    if abs(t.linear.x) > MAX_ODOMETRY_SPEED or abs(t.angular.z) > MAX_ODOMETRY_YAW_RATE:
+        raise BadMessage("implausible", f"odometry speed {t.linear.x:g} m/s, yaw rate {t.angular.z:g} rad/s "
+                                        f"(at most {MAX_ODOMETRY_SPEED:g} m/s, {MAX_ODOMETRY_YAW_RATE:g} rad/s)")
     return EgoState(
         speed=float(t.linear.x), yaw_rate=float(t.angular.z), x=float(p.x), y=float(p.y),
         yaw=quaternion_to_yaw(msg.pose.pose.orientation), stamp=stamp_to_seconds(msg.header.stamp),

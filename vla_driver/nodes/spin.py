@@ -12,6 +12,7 @@ from rclpy.executors import ExternalShutdownException
 
 from vla_driver.model.checkpoint import CheckpointError
 
+from .dds import use_profile
 from .executor import MultiThreadedExecutor
 
 
@@ -34,7 +35,9 @@ def frozen_heap() -> Iterator[None]:
 
 
 def spin_standalone(node_cls, args=None) -> None:
-    """``main()`` of every node: one node in its own process on a multi-threaded executor."""
+    """``main()`` of every node: one node in its own process on a multi-threaded executor, on the runtime's
+    Fast DDS profile (``dds.use_profile``: large frames in shared memory)."""
+    use_profile()
     rclpy.init(args=args)
     node = None
     try:

@@ -1,0 +1,506 @@
+"""Fault injection through the nodes as they run on the car: decision_node, action_node, controller_node and
+logger_node each in a process of its own on Fast DDS, fed by a sensor process that sends what CARLA's bridge
+sends (the ``front`` camera at 800x600 bgra8, rendered by the embedded simulator; odometry; navigation).
+
+Each case injects one fault, holds it, clears it, and reports: every node process still alive; when the fault
+takes away what driving needs, the first stop trajectory and a braking command after the moment the fault
+became detectable (``fallback_s``, and whether it came within one action-node cycle); a ``/diagnostics``
+status naming the cause; normal plans again after the fault cleared (``recovered_s``). At the end the logger
+is stopped and its bags are counted against what was sent: ``data_lost_messages``.
+"""
+from __future__ import annotations
+
+import array
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.camera_rig import load_rig
+from ..core.trajectory import TrajectorySpec, stop_trajectory
+
+SPEED = 10.0  # m/s, the sensor feed's constant speed
+CAMERA_HZ, ODOM_HZ, NAV_PERIOD_S = 10.0, 20.0, 1.0
+ACTION = {"max_input_age_s": 0.5, "rate_hz": 10.0, "deadline_ms": 100.0}  # the action node's config defaults
+CONTROLLER_MAX_INPUT_AGE_S = 0.5
+DECISION_TIMEOUT_S = 2.0
+SETTLE_TIMEOUT_S = 60.0  # waits for output, never asserted as a time
+
+
+@dataclass
+class FaultCase:
+    """One fault. ``start`` / ``stop`` act on the running :class:`FaultRig`; ``detect_after_s``: how long after
+    ``start`` the nodes can know (an input's age limit for a silent input, 0 for a refused message);
+    ``stops``: the car must get a stop trajectory (else it must keep driving); ``cause``: a word the
+    ``/diagnostics`` of ``node`` must show."""
+
+    name: str
+    start: Callable
+    stop: Callable
+    cause: str | None  # None: no diagnostic is due (the nodes cope without one)
+    node: str = "action_node"
+    stops: bool = True
+    detect_after_s: float = 0.0
+    hold_s: float = 1.5
+
+
+@dataclass
+class CaseResult:
+    name: str
+    survived: bool
+    diagnosed: bool
+    stopped: bool  # a stop trajectory came while the fault lasted
+    stops: bool  # the case must stop the car (else it must keep driving)
+    fallback_s: float | None
+    braked: bool | None
+    recovered_s: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fallback_within_cycle(self) -> bool:
+        return self.fallback_s is not None and self.fallback_s <= 1.0 / ACTION["rate_hz"]
+
+    @property
+    def passed(self) -> bool:
+        ok = self.survived and self.diagnosed and self.recovered_s is not None
+        return ok and (self.stopped and bool(self.braked) if self.stops else not self.stopped)
+
+
+def front_frames(count: int = 20, seed: int = 0) -> list[np.ndarray]:
+    """``count`` native front-camera frames of a straight drive on an empty road (the embedded simulator)."""
+    from ..sim.expert import ExpertPolicy
+    from ..sim.highway import DrivingSim
+
+    rig = load_rig("front")
+    sim = DrivingSim("highway", seed, control_hz=CAMERA_HZ, rig=rig)
+    try:
+        sim.remove_traffic()
+        expert, frames = ExpertPolicy(sim), []
+        for _ in range(count):
+            frames.append(sim.cameras().render(sim.env.road, sim.vehicle)["front"])
+            obs = sim.observation(render=False)
+            sim.step(*_follow(expert, obs, sim))
+        return frames
+    finally:
+        sim.close()
+
+
+def _follow(expert, obs, sim):
+    from ..core.control import PurePursuitPID
+
+    return PurePursuitPID().command(expert.plan(obs, expert.decide(obs).decision), sim.ego_pose()[3], sim.dt)
+
+
+class NodeProcess:
+    """One node as the car runs it: its console entry point in a process of its own."""
+
+    def __init__(self, name: str, params: dict, env: dict, log_dir: Path):
+        self.name, self.params, self.env, self.log_path = name, params, env, log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = [a for k, v in self.params.items() for a in ("-p", f"{k}:={_param_text(v)}")]
+        cmd = [sys.executable, "-c", f"from vla_driver.nodes.{self.name} import main; main()", "--ros-args", *args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return None if self.proc is None else self.proc.returncode
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value) if not isinstance(value, str) or value else '""'
+
+
+class FaultRig:
+    """The node processes, the sensor feed and what came back, for one run of cases."""
+
+    def __init__(self, work: Path, domain_id: int, checkpoint: str = "", backend: str = "onnxruntime"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import Twist
+        from nav_msgs.msg import Odometry
+        from nav_msgs.msg import Path as PathMsg
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from ..nodes.dds import use_profile
+
+        self.work = Path(work)
+        self.bags = self.work / "bags"
+        logs = self.work / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        # as array('B'): rclpy's Image.data setter checks any other sequence byte by byte (~0.1 s a frame)
+        self.frames = [(f.shape, array.array("B", _bgra(f).tobytes())) for f in front_frames()]
+        model = {"checkpoint": checkpoint, "backend": backend}
+        self.nodes = {
+            "decision_node": NodeProcess("decision_node", model, env, logs),
+            "action_node": NodeProcess("action_node", {**model, **ACTION}, env, logs),
+            "controller_node": NodeProcess("controller_node", {}, env, logs),
+            "logger_node": NodeProcess("logger_node", {"output_dir": str(self.bags), "min_free_mb": 0.0,
+                                                       "segment_duration_s": 600.0}, env, logs),
+        }
+        use_profile()  # the sensors send the large frames: their participant needs the runtime's profile too
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context, domain_id=domain_id)
+        node = self.node = rclpy.create_node("fault_sensors", context=self.context)
+        self._Image, self._Odometry, self._String = Image, Odometry, String
+        self.pubs = {"camera": node.create_publisher(Image, "camera/front/image_raw", 5),
+                     "odom": node.create_publisher(Odometry, "odom", 10),
+                     "navigation": node.create_publisher(String, "navigation", 10)}
+        self.lock = threading.Lock()
+        self.trajectories: list[tuple[float, bool]] = []  # (arrival, is a stop trajectory)
+        self.commands: list[tuple[float, float]] = []  # (arrival, commanded speed)
+        self.statuses: list[tuple[float, str, int, str]] = []  # (arrival, node, level, message + values)
+        self.sent: dict[str, int] = {"camera": 0, "odom": 0, "navigation": 0}
+        self.count_from = float("inf")  # wall time from which sent messages are counted (the logger listens)
+        self.sent_stamps: list[float] = []  # odometry stamps sent since count_from
+        self.windows: list[tuple[str, float, float]] = []  # (case, wall start, wall end) of each case run
+        self.spec = TrajectorySpec()
+        node.create_subscription(PathMsg, "trajectory", self._on_path, 10)
+        node.create_subscription(Twist, "cmd_vel", self._on_twist, 10)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        # faults: what the feed does instead of the normal message (None = normal)
+        self.camera_fault: Callable | None = None
+        self.odom_fault: Callable | None = None
+        self.nav_fault: Callable | None = None
+        self.camera_rate = CAMERA_HZ
+        self._stop = threading.Event()
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(node)
+        self._threads = [threading.Thread(target=self._spin, daemon=True, name="fault-spin"),
+                         threading.Thread(target=self._feed, daemon=True, name="fault-feed")]
+        for t in self._threads:
+            t.start()
+
+    # --- what comes back --------------------------------------------------------------------------------
+
+    def _on_path(self, msg) -> None:
+        from ..nodes.convert import path_to_trajectory
+
+        traj, _ = path_to_trajectory(msg)
+        stop = any(np.allclose(traj.poses, stop_trajectory(v, traj.spec).poses, atol=1e-3) for v in (SPEED, 0.0))
+        with self.lock:
+            self.trajectories.append((time.monotonic(), stop))
+
+    def _on_twist(self, msg) -> None:
+        with self.lock:
+            self.commands.append((time.monotonic(), msg.linear.x))
+
+    def _on_diagnostics(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for s in msg.status:
+                text = s.message + " " + " ".join(f"{kv.key}={kv.value}" for kv in s.values)
+                level = s.level[0] if isinstance(s.level, bytes) else int(s.level)  # a `byte` field
+                self.statuses.append((now, s.name.split(": ")[-1], level, text))
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    # --- the feed -----------------------------------------------------------------------------------------
+
+    def _feed(self) -> None:
+        start = time.monotonic()
+        next_camera = next_nav = start
+        tick, k = 1.0 / ODOM_HZ, 0
+        while not self._stop.is_set():
+            now_wall = time.time()
+            self._send("odom", self.odom_fault, lambda t=now_wall: self._odometry(t, SPEED))
+            mono = time.monotonic()
+            if mono >= next_camera:
+                next_camera += 1.0 / self.camera_rate
+                if mono - next_camera > 1.0:
+                    next_camera = mono
+                self._send("camera", self.camera_fault, lambda t=now_wall, i=k: self._image(t, i))
+                k += 1
+            if mono >= next_nav:
+                next_nav += NAV_PERIOD_S
+                self._send("navigation", self.nav_fault, lambda: self._String(data="Follow the road."))
+            time.sleep(max(0.0, tick - (time.monotonic() - mono)))
+
+    def _send(self, role: str, fault: Callable | None, normal: Callable) -> None:
+        msg = normal() if fault is None else fault(normal)
+        if msg is None:  # the fault is silence
+            return
+        self.pubs[role].publish(msg)
+        if role == "odom" and _seconds(msg.header.stamp) >= self.count_from:
+            with self.lock:
+                self.sent[role] += 1
+                self.sent_stamps.append(_seconds(msg.header.stamp))
+
+    def _image(self, stamp: float, k: int):
+        (h, w, _), data = self.frames[k % len(self.frames)]
+        msg = self._Image(height=h, width=w, encoding="bgra8", step=w * 4)
+        msg.header.stamp = _stamp(stamp)
+        msg.header.frame_id = "ego_vehicle/rgb_front"
+        msg.data = data
+        return msg
+
+    def _odometry(self, stamp: float, speed: float):
+        from ..nodes.convert import EgoState, state_to_odometry
+
+        return state_to_odometry(EgoState(speed, 0.0, 0.0, 0.0, 0.0, stamp))
+
+    # --- running cases --------------------------------------------------------------------------------------
+
+    def wait_driving(self, timeout_s: float = SETTLE_TIMEOUT_S, since: float | None = None) -> float | None:
+        """Seconds until three planned (non-stop) trajectories in a row arrived after ``since`` (None: never)."""
+        since = time.monotonic() if since is None else since
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                after = [(t, s) for t, s in self.trajectories if t >= since]
+            for i in range(len(after) - 2):
+                if not any(s for _, s in after[i:i + 3]):
+                    return after[i][0] - since
+            time.sleep(0.05)
+        return None
+
+    def run_case(self, case: FaultCase) -> CaseResult:
+        notes = []
+        if self.wait_driving() is None:
+            notes.append("not driving before the fault")
+        t0, wall0 = time.monotonic(), time.time()
+        case.start(self)
+        time.sleep(case.detect_after_s + case.hold_s)
+        t_clear = time.monotonic()
+        case.stop(self)
+        recovered = self.wait_driving(since=t_clear)
+        time.sleep(0.3)  # the last diagnostics of the case
+        self.windows.append((case.name, wall0, time.time()))
+        detect = t0 + case.detect_after_s
+        with self.lock:
+            stops = [t for t, s in self.trajectories if s and detect - 0.2 <= t <= t_clear + 0.5]
+            braking = [t for t, v in self.commands if t >= detect - 0.2 and v < SPEED - 0.05]
+            named = [s for s in self.statuses if t0 <= s[0] and s[1] == case.node and s[2] > 0
+                     and case.cause is not None and case.cause in s[3]]
+            window = [t for t, s in self.trajectories if s and t0 <= t <= t_clear]
+        first_stop = min(stops) if stops else None
+        survived = all(n.alive() for n in self.nodes.values())
+        return CaseResult(
+            name=case.name, survived=survived, diagnosed=case.cause is None or bool(named),
+            stopped=bool(stops) if case.stops else bool(window), stops=case.stops,
+            fallback_s=None if first_stop is None or not case.stops else round(max(0.0, first_stop - detect), 3),
+            braked=bool(braking) if case.stops else None,
+            recovered_s=None if recovered is None else round(recovered, 3), notes=notes)
+
+    def start_counting(self) -> None:
+        """Count odometry sent from now on (every node, the logger included, has long been listening)."""
+        self.count_from = time.time()
+
+    def stop_logger_and_count(self) -> dict:
+        """Stop the feed, let the last messages arrive, stop the logger as the car does (SIGINT), and count
+        the odometry it recorded against what was sent since ``start_counting``."""
+        from rosbags.highlevel import AnyReader
+
+        from ..experience.reader import find_bags
+
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5.0)
+        time.sleep(1.0)
+        self.nodes["logger_node"].stop()
+        recorded = set()
+        for bag in find_bags(self.bags):
+            with AnyReader([bag]) as reader:
+                odom = [c for c in reader.connections if c.topic.endswith("/odom")]
+                for connection, _, raw in reader.messages(connections=odom):
+                    stamp = _seconds(reader.deserialize(raw, connection.msgtype).header.stamp)
+                    if stamp >= self.count_from:
+                        recorded.add(round(stamp, 6))
+        with self.lock:
+            missing = [t for t in self.sent_stamps if round(t, 6) not in recorded]
+        lost_in = {}
+        for t in missing:  # which case each lost message was sent in
+            name = next((n for n, a, b in self.windows if a <= t <= b), "between cases")
+            lost_in[name] = lost_in.get(name, 0) + 1
+        return {"sent": self.sent["odom"], "recorded": len(recorded), "lost_in": lost_in}
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5.0)
+        for n in self.nodes.values():
+            n.stop()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        import rclpy
+
+        rclpy.try_shutdown(context=self.context)
+
+
+def _bgra(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.dstack([rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0], np.full(rgb.shape[:2], 255, np.uint8)]))
+
+
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _stamp(seconds: float):
+    from ..nodes.convert import seconds_to_stamp
+
+    return seconds_to_stamp(seconds)
+
+
+# --- the cases -------------------------------------------------------------------------------------------------
+
+
+def _set(attr: str, fault: Callable | None):
+    return lambda rig: setattr(rig, attr, fault)
+
+
+def _silence(normal):
+    return None
+
+
+def _image_with(**changes):
+    def fault(normal):
+        msg = normal()
+        for k, v in changes.items():
+            setattr(msg, k, v)
+        if "width" in changes or "height" in changes:
+            msg.step = msg.width * 4
+        return msg
+    return fault
+
+
+def _stamped(offset_s: float | None = None, freeze: bool = False):
+    """Camera frames stamped ``offset_s`` away from the truth, or (``freeze``) all with the fault's first stamp."""
+    held = {}
+
+    def fault(normal):
+        msg = normal()
+        if freeze:
+            held.setdefault("stamp", msg.header.stamp)
+            msg.header.stamp = held["stamp"]
+        else:
+            from ..nodes.convert import seconds_to_stamp, stamp_to_seconds
+
+            msg.header.stamp = seconds_to_stamp(stamp_to_seconds(msg.header.stamp) + offset_s)
+        return msg
+    return fault
+
+
+def _odometry_with(speed: float):
+    def fault(normal):
+        msg = normal()
+        msg.twist.twist.linear.x = speed
+        return msg
+    return fault
+
+
+def _huge_navigation(normal):
+    from std_msgs.msg import String
+
+    return String(data="turn left " * 100_000)  # 1 MB
+
+
+def _kill(name: str, sig: int = signal.SIGKILL):
+    return lambda rig: rig.nodes[name].signal(sig)
+
+
+def _restart(name: str):
+    def restart(rig):
+        rig.nodes[name].proc.wait(timeout=10)
+        rig.nodes[name].start()
+    return restart
+
+
+def _burst(rig) -> None:
+    rig.camera_rate = CAMERA_HZ * 10
+
+
+def _unburst(rig) -> None:
+    rig.camera_rate = CAMERA_HZ
+
+
+CAMERA_AGE = ACTION["max_input_age_s"]
+CASES = [
+    FaultCase("camera stops", _set("camera_fault", _silence), _set("camera_fault", None), "camera_front",
+              detect_after_s=CAMERA_AGE),
+    FaultCase("odometry stops", _set("odom_fault", _silence), _set("odom_fault", None), "odom",
+              detect_after_s=CAMERA_AGE),
+    FaultCase("camera stamps in the future (+1 h)", _set("camera_fault", _stamped(3600.0)),
+              _set("camera_fault", None), "stamp_in_future", detect_after_s=CAMERA_AGE),
+    FaultCase("camera stamps going backwards (-10 s)", _set("camera_fault", _stamped(-10.0)),
+              _set("camera_fault", None), "stamp_backwards", detect_after_s=CAMERA_AGE),
+    FaultCase("camera stamps duplicated", _set("camera_fault", _stamped(freeze=True)),  # the first one is new
+              _set("camera_fault", None), "duplicate_stamp", detect_after_s=CAMERA_AGE + 1.0 / CAMERA_HZ),
+    FaultCase("image with an unknown encoding", _set("camera_fault", _image_with(encoding="yuv422_weird")),
+              _set("camera_fault", None), "unknown_encoding", detect_after_s=CAMERA_AGE),
+    FaultCase("image with a wrong step", _set("camera_fault", _image_with(step=17)),
+              _set("camera_fault", None), "wrong_size", detect_after_s=CAMERA_AGE),
+    FaultCase("image of zero size", _set("camera_fault", _image_with(width=0, height=0)),
+              _set("camera_fault", None), "sends 0x0", detect_after_s=CAMERA_AGE),
+    FaultCase("odometry with NaN", _set("odom_fault", _odometry_with(float("nan"))), _set("odom_fault", None),
+              "non_finite", detect_after_s=CAMERA_AGE),
+    FaultCase("odometry with inf", _set("odom_fault", _odometry_with(float("inf"))), _set("odom_fault", None),
+              "non_finite", detect_after_s=CAMERA_AGE),
+    FaultCase("odometry with an absurd speed (1e6 m/s)", _set("odom_fault", _odometry_with(1e6)),
+              _set("odom_fault", None), "implausible", detect_after_s=CAMERA_AGE),
+    FaultCase("1 MB navigation text", _set("nav_fault", _huge_navigation), _set("nav_fault", None),
+              "navigation_too_long", stops=False),
+    FaultCase("camera burst at 10x its rate", _burst, _unburst, None, stops=False),
+    FaultCase("decision node killed", _kill("decision_node"), _restart("decision_node"), "no decision",
+              stops=False, detect_after_s=DECISION_TIMEOUT_S),
+]
+
+
+def run_suite(work: str | Path | None = None, domain_id: int = 191, cases: list[FaultCase] | None = None,
+              progress: Callable[[str], None] = print) -> dict:
+    """Every case through one set of node processes; the summary record and each case's result."""
+    cases = CASES if cases is None else cases
+    with tempfile.TemporaryDirectory(prefix="vla-faults-") as tmp:
+        rig = FaultRig(Path(work) if work else Path(tmp), domain_id)
+        try:
+            if rig.wait_driving(timeout_s=180.0) is None:
+                raise RuntimeError(f"the nodes never drove; logs in {rig.work / 'logs'}")
+            rig.start_counting()
+            results = []
+            for case in cases:
+                result = rig.run_case(case)
+                progress(f"{case.name}: {'ok' if result.passed else 'FAILED'} {result}")
+                results.append(result)
+            logged = rig.stop_logger_and_count()
+        finally:
+            rig.close()
+    summary = {"bench": "faults", "cases": len(results), "survived": sum(r.survived for r in results),
+               "passed": sum(r.passed for r in results),
+               "fallback_within_cycle": sum(r.fallback_within_cycle for r in results if r.stops),
+               "stopping_cases": sum(r.stops for r in results),
+               "data_lost_messages": sum(logged["lost_in"].values()), "odometry_logged": logged["recorded"]}
+    return {"summary": summary, "results": results, "logged": logged}
