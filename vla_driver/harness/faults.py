@@ -23,9 +23,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.executors import SingleThreadedExecutor
+from rosbags.highlevel import AnyReader
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
 
 from ..core.camera_rig import load_rig
+from ..core.control import PurePursuitPID
 from ..core.trajectory import TrajectorySpec, stop_trajectory
+from ..experience.reader import find_bags
+from ..nodes.convert import (
+    EgoState,
+    path_to_trajectory,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    state_to_odometry,
+)
+from ..nodes.dds import use_profile
+from ..sim.expert import ExpertPolicy
+from ..sim.highway import DrivingSim
 
 SPEED = 10.0  # m/s, the sensor feed's constant speed
 CAMERA_HZ, ODOM_HZ, NAV_PERIOD_S = 10.0, 20.0, 1.0
@@ -76,9 +97,6 @@ class CaseResult:
 
 def front_frames(count: int = 20, seed: int = 0) -> list[np.ndarray]:
     """``count`` native front-camera frames of a straight drive on an empty road (the embedded simulator)."""
-    from ..sim.expert import ExpertPolicy
-    from ..sim.highway import DrivingSim
-
     rig = load_rig("front")
     sim = DrivingSim("highway", seed, control_hz=CAMERA_HZ, rig=rig)
     try:
@@ -94,8 +112,6 @@ def front_frames(count: int = 20, seed: int = 0) -> list[np.ndarray]:
 
 
 def _follow(expert, obs, sim):
-    from ..core.control import PurePursuitPID
-
     return PurePursuitPID().command(expert.plan(obs, expert.decide(obs).decision), sim.ego_pose()[3], sim.dt)
 
 
@@ -144,17 +160,6 @@ class FaultRig:
     """The node processes, the sensor feed and what came back, for one run of cases."""
 
     def __init__(self, work: Path, domain_id: int, checkpoint: str = "", backend: str = "onnxruntime"):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
-        from nav_msgs.msg import Odometry
-        from nav_msgs.msg import Path as PathMsg
-        from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import String
-
-        from ..nodes.dds import use_profile
-
         self.work = Path(work)
         self.bags = self.work / "bags"
         logs = self.work / "logs"
@@ -175,7 +180,6 @@ class FaultRig:
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context, domain_id=domain_id)
         node = self.node = rclpy.create_node("fault_sensors", context=self.context)
-        self._Image, self._Odometry, self._String = Image, Odometry, String
         self.pubs = {"camera": node.create_publisher(Image, "camera/front/image_raw", 5),
                      "odom": node.create_publisher(Odometry, "odom", 10),
                      "navigation": node.create_publisher(String, "navigation", 10)}
@@ -207,8 +211,6 @@ class FaultRig:
     # --- what comes back --------------------------------------------------------------------------------
 
     def _on_path(self, msg) -> None:
-        from ..nodes.convert import path_to_trajectory
-
         traj, _ = path_to_trajectory(msg)
         stop = any(np.allclose(traj.poses, stop_trajectory(v, traj.spec).poses, atol=1e-3) for v in (SPEED, 0.0))
         with self.lock:
@@ -248,7 +250,7 @@ class FaultRig:
                 k += 1
             if mono >= next_nav:
                 next_nav += NAV_PERIOD_S
-                self._send("navigation", self.nav_fault, lambda: self._String(data="Follow the road."))
+                self._send("navigation", self.nav_fault, lambda: String(data="Follow the road."))
             time.sleep(max(0.0, tick - (time.monotonic() - mono)))
 
     def _send(self, role: str, fault: Callable | None, normal: Callable) -> None:
@@ -256,22 +258,20 @@ class FaultRig:
         if msg is None:  # the fault is silence
             return
         self.pubs[role].publish(msg)
-        if role == "odom" and _seconds(msg.header.stamp) >= self.count_from:
+        if role == "odom" and stamp_to_seconds(msg.header.stamp) >= self.count_from:
             with self.lock:
                 self.sent[role] += 1
-                self.sent_stamps.append(_seconds(msg.header.stamp))
+                self.sent_stamps.append(stamp_to_seconds(msg.header.stamp))
 
     def _image(self, stamp: float, k: int):
         (h, w, _), data = self.frames[k % len(self.frames)]
-        msg = self._Image(height=h, width=w, encoding="bgra8", step=w * 4)
-        msg.header.stamp = _stamp(stamp)
+        msg = Image(height=h, width=w, encoding="bgra8", step=w * 4)
+        msg.header.stamp = seconds_to_stamp(stamp)
         msg.header.frame_id = "ego_vehicle/rgb_front"
         msg.data = data
         return msg
 
     def _odometry(self, stamp: float, speed: float):
-        from ..nodes.convert import EgoState, state_to_odometry
-
         return state_to_odometry(EgoState(speed, 0.0, 0.0, 0.0, 0.0, stamp))
 
     # --- running cases --------------------------------------------------------------------------------------
@@ -324,10 +324,6 @@ class FaultRig:
     def stop_logger_and_count(self) -> dict:
         """Stop the feed, let the last messages arrive, stop the logger as the car does (SIGINT), and count
         the odometry it recorded against what was sent since ``start_counting``."""
-        from rosbags.highlevel import AnyReader
-
-        from ..experience.reader import find_bags
-
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
@@ -338,7 +334,7 @@ class FaultRig:
             with AnyReader([bag]) as reader:
                 odom = [c for c in reader.connections if c.topic.endswith("/odom")]
                 for connection, _, raw in reader.messages(connections=odom):
-                    stamp = _seconds(reader.deserialize(raw, connection.msgtype).header.stamp)
+                    stamp = stamp_to_seconds(reader.deserialize(raw, connection.msgtype).header.stamp)
                     if stamp >= self.count_from:
                         recorded.add(round(stamp, 6))
         with self.lock:
@@ -357,23 +353,12 @@ class FaultRig:
             n.stop()
         self.executor.shutdown()
         self.node.destroy_node()
-        import rclpy
 
         rclpy.try_shutdown(context=self.context)
 
 
 def _bgra(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.dstack([rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0], np.full(rgb.shape[:2], 255, np.uint8)]))
-
-
-def _seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def _stamp(seconds: float):
-    from ..nodes.convert import seconds_to_stamp
-
-    return seconds_to_stamp(seconds)
 
 
 # --- the cases -------------------------------------------------------------------------------------------------
@@ -408,8 +393,6 @@ def _stamped(offset_s: float | None = None, freeze: bool = False):
             held.setdefault("stamp", msg.header.stamp)
             msg.header.stamp = held["stamp"]
         else:
-            from ..nodes.convert import seconds_to_stamp, stamp_to_seconds
-
             msg.header.stamp = seconds_to_stamp(stamp_to_seconds(msg.header.stamp) + offset_s)
         return msg
     return fault
@@ -424,8 +407,6 @@ def _odometry_with(speed: float):
 
 
 def _huge_navigation(normal):
-    from std_msgs.msg import String
-
     return String(data="turn left " * 100_000)  # 1 MB
 
 
