@@ -137,25 +137,26 @@ def _read_key_file(path: Path) -> bytes:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such key file (make one with `vla-driver keygen {path}`)")
-    try:
-        key = serialization.load_pem_private_key(_read_key_file(path), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CheckpointError(f"{path}: not an unencrypted PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"{path}: a {type(key).__name__}, not an ed25519 key")
-    return key
+    return _parse_key(path, lambda data: serialization.load_pem_private_key(data, password=None),
+                      Ed25519PrivateKey, "an unencrypted PEM private key")
 
 
 def _load_public_key(path: Path) -> Ed25519PublicKey:
-    data = _read_key_file(path)
-    try:
+    def parse(data: bytes):
         if data.lstrip().startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-        else:
-            key = serialization.load_ssh_public_key(data.strip())
+            return serialization.load_pem_public_key(data)
+        return serialization.load_ssh_public_key(data.strip())
+
+    return _parse_key(path, parse, Ed25519PublicKey, "a public key")
+
+
+def _parse_key(path: Path, parse, expected: type, what: str):
+    """One key file as an ed25519 key, or a CheckpointError saying what the file is instead."""
+    try:
+        key = parse(_read_key_file(path))
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CheckpointError(f"{path}: not a public key ({e})") from None
-    if not isinstance(key, Ed25519PublicKey):
+        raise CheckpointError(f"{path}: not {what} ({e})") from None
+    if not isinstance(key, expected):
         raise CheckpointError(f"{path}: a {type(key).__name__}, not an ed25519 key")
     return key
 
