@@ -25,7 +25,9 @@ def run(domain_id: int = 191, work: str = "") -> dict:
               f"{_num(r.fallback_s):>10s} {('-' if r.braked is None else _yes(r.braked)):>5s} {_num(r.recovered_s):>9s}"
               + ("" if r.passed else "   FAILED"))
     logged = out["logged"]
-    print(f"logger: {logged['recorded']} of {logged['sent']} odometry messages sent during the suite recorded")
+    print(f"logger: {logged['recorded']} of {logged['sent']} odometry messages sent during the suite recorded; "
+          f"reported lost by the logger (middleware): {logged['reported_lost']}; missed by a reader in the "
+          f"sending process: {logged['missed_by_witness']}; lost per case: {logged['lost_in'] or 'none'}")
     emit(out["summary"])
     return out["summary"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,6 +196,9 @@ class FaultRig:
         node.create_subscription(PathMsg, "trajectory", self._on_path, 10)
         node.create_subscription(Twist, "cmd_vel", self._on_twist, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        # a second reader of odometry, in the sending process: tells a loss at the logger from one on the way
+        self.witnessed: set[float] = set()
+        node.create_subscription(Odometry, "odom", self._on_witness, 100)
         # faults: what the feed does instead of the normal message (None = normal)
         self.camera_fault: Callable | None = None
         self.odom_fault: Callable | None = None
@@ -215,6 +219,10 @@ class FaultRig:
         stop = any(np.allclose(traj.poses, stop_trajectory(v, traj.spec).poses, atol=1e-3) for v in (SPEED, 0.0))
         with self.lock:
             self.trajectories.append((time.monotonic(), stop))
+
+    def _on_witness(self, msg) -> None:
+        with self.lock:
+            self.witnessed.add(round(stamp_to_seconds(msg.header.stamp), 6))
 
     def _on_twist(self, msg) -> None:
         with self.lock:
@@ -339,11 +347,15 @@ class FaultRig:
                         recorded.add(round(stamp, 6))
         with self.lock:
             missing = [t for t in self.sent_stamps if round(t, 6) not in recorded]
+            missed_by_witness = sum(round(t, 6) not in self.witnessed for t in self.sent_stamps)
+            reported = max((int(v) for _, n, _, text in self.statuses if n == "logger_node"
+                            for v in re.findall(r"\blost=(\d+)", text)), default=0)
         lost_in = {}
         for t in missing:  # which case each lost message was sent in
             name = next((n for n, a, b in self.windows if a <= t <= b), "between cases")
             lost_in[name] = lost_in.get(name, 0) + 1
-        return {"sent": self.sent["odom"], "recorded": len(recorded), "lost_in": lost_in}
+        return {"sent": self.sent["odom"], "recorded": len(recorded), "lost_in": lost_in,
+                "reported_lost": reported, "missed_by_witness": missed_by_witness}
 
     def close(self) -> None:
         self._stop.set()

@@ -33,6 +33,7 @@ from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -140,12 +141,12 @@ class LoggerNode(Node):
                                  else ReliabilityPolicy.BEST_EFFORT)
             self.writer.add_topic(record_as, msgtype)
             self.create_subscription(msg_cls, topic, self._recorder(record_as), qos, callback_group=group,
-                                     raw=True)
+                                     raw=True, event_callbacks=self._loss_counter(record_as))
             self.recording[self.resolve_topic_name(topic)] = record_as
         for topic, record_as, msg_cls, msgtype in rig_topics(rig_from_param(p.rig)):
             self.writer.add_topic(record_as, msgtype)
             self.create_subscription(msg_cls, topic, self._recorder(record_as), CAMERA_QOS, callback_group=group,
-                                     raw=True)
+                                     raw=True, event_callbacks=self._loss_counter(record_as))
             self.recording[self.resolve_topic_name(topic)] = record_as
         self.create_subscription(Empty, "~/keep", self._on_keep, 10)
         self._last = (time.monotonic(), 0)
@@ -164,6 +165,17 @@ class LoggerNode(Node):
             timings.append(time.perf_counter() - start)
 
         return record
+
+    def _loss_counter(self, record_as: str) -> SubscriptionEventCallbacks:
+        """Messages the middleware reports lost before they reached the logger (a publisher's history
+        overwrote them before this reader had them): counted per topic and named in /diagnostics."""
+        def lost(info) -> None:
+            self.diagnostics.count(f"lost_{record_as}", info.total_count_change)
+            self.diagnostics.count("lost", info.total_count_change)
+            self.diagnostics.set_status(WARN, f"{info.total_count_change} message(s) on {record_as} lost before "
+                                              f"reaching the logger ({info.total_count} in total)")
+
+        return SubscriptionEventCallbacks(message_lost=lost)
 
     def _on_keep(self, _msg: Empty) -> None:
         if self.writer.flag_keep():
