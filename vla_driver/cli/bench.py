@@ -135,7 +135,7 @@ def _open_loop(args) -> int:
     try:
         open_loop.run(checkpoints, args.bags, scenario_list(args.scenarios), heldout_seeds(args), args.seconds,
                       args.out, args.backend)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, LookupError, ValueError) as e:  # no bag, a topic missing, a damaged bag
         print(f"open-loop: {e}")
         return 2
     return 0

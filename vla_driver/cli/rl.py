@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..bench import json_safe
+from ..experience.bag_open import BagError
 from ..model.checkpoint import read_manifest
 from ..rl.gate import format_comparison, gate, promote
 from ..rl.online import train_rl
@@ -105,7 +107,11 @@ def refresh_command(args) -> int:
     if missing:
         raise SystemExit(f"experience not found: {missing}")
     parallel = DataParallel.from_environment(cpu=args.cpu)  # one process, or those of `accelerate launch`
-    report = refresh(args.experience, checkpoint_dir(args.from_checkpoint), args.out, cfg, parallel=parallel)
+    try:
+        report = refresh(args.experience, checkpoint_dir(args.from_checkpoint), args.out, cfg, parallel=parallel)
+    except BagError as err:  # a damaged or unreadable bag: which and why, in one line
+        print(f"refresh: {err}", file=sys.stderr)
+        return 2
     if parallel.is_main:
         print(json.dumps({"bench": "refresh", **json_safe(report)}))
     return 0

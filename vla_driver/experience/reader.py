@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
 from ..core.camera_rig import camera_topic
@@ -28,6 +27,7 @@ from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_SEPARATOR, DecisionVocabulary
 from . import messages as m
+from .bag_open import SafeReader, open_bags
 from .messages import header_stamp_ns
 from .segments import METADATA_NAME, SEGMENT_NAME_RE, segment_age_key, segment_state
 
@@ -215,7 +215,7 @@ def iter_messages(paths, topics: Iterable[str] | None = None) -> Iterator[BagMes
     """Deserialized messages of ``topics`` (all if None), in time order within each timeline."""
     wanted = None if topics is None else set(topics)
     for bags in timelines(find_bags(paths)):
-        with AnyReader(bags, default_typestore=m.TYPESTORE) as reader:
+        with open_bags(bags) as reader:
             available = {name: info.msgtype for name, info in reader.topics.items()}
             for topic in sorted((wanted or set()) - set(available)):
                 raise MissingTopicError(topic, "requested", available, _source_name(bags))
@@ -250,7 +250,7 @@ class _Timeline:
     events: list[str]
 
 
-def _check_topics(reader: AnyReader, topic_map: TopicMap, source: str) -> dict[str, str]:
+def _check_topics(reader: SafeReader, topic_map: TopicMap, source: str) -> dict[str, str]:
     """role -> topic for the roles present; raises for a missing required role or a wrong type."""
     infos = reader.topics
     available = {name: info.msgtype or "?" for name, info in infos.items()}
@@ -271,7 +271,7 @@ def _check_topics(reader: AnyReader, topic_map: TopicMap, source: str) -> dict[s
     return present
 
 
-def _collect(reader: AnyReader, present: dict[str, str], progress: bool, skipped: Counter) -> _Timeline:
+def _collect(reader: SafeReader, present: dict[str, str], progress: bool, skipped: Counter) -> _Timeline:
     role_of = {topic: role for role, topic in present.items()}
     conns = [c for c in reader.connections if c.topic in role_of and c.topic != present["image"]]
     image_conns = [c for c in reader.connections if c.topic == present["image"]]
@@ -436,7 +436,7 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
     skipped: Counter = Counter()
     for bags in timelines(find_bags(paths)):
         source = _source_name(bags)
-        with AnyReader(bags, default_typestore=m.TYPESTORE) as reader:
+        with open_bags(bags) as reader:
             present = _check_topics(reader, topic_map, source)
             if "image" not in present or "odom" not in present:
                 skipped["no_image_or_odom"] += 1
@@ -454,7 +454,7 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
     return samples
 
 
-def _cut(reader: AnyReader, image_topic: str, tl: _Timeline, source: str, period_s: float, horizon_s: float,
+def _cut(reader: SafeReader, image_topic: str, tl: _Timeline, source: str, period_s: float, horizon_s: float,
          dt: float, max_gap_s: float, skipped: Counter, more_cameras: tuple[str, ...] = (),
          history: int = 1) -> list[ExperienceSample]:
     period_ns, horizon_ns = int(period_s * 1e9), int(horizon_s * 1e9)
@@ -512,7 +512,7 @@ def _camera_set(i: int, tl: _Timeline, frames: dict, others: list[dict], skipped
     return np.stack([image, *views])
 
 
-def _decode_by_stamp(reader: AnyReader, topic: str, stamps: set[int], skipped: Counter) -> dict[int, np.ndarray]:
+def _decode_by_stamp(reader: SafeReader, topic: str, stamps: set[int], skipped: Counter) -> dict[int, np.ndarray]:
     """Frames of another camera of the rig whose header stamp is within ``STAMP_MATCH_NS`` of a wanted one,
     keyed by the wanted stamp (a rig's cameras are stamped alike per instant)."""
     wanted = np.array(sorted(stamps), dtype=np.int64)
@@ -534,7 +534,7 @@ def _decode_by_stamp(reader: AnyReader, topic: str, stamps: set[int], skipped: C
     return frames
 
 
-def _decode_images(reader: AnyReader, topic: str, wanted: set[int], skipped: Counter) -> dict[int, np.ndarray]:
+def _decode_images(reader: SafeReader, topic: str, wanted: set[int], skipped: Counter) -> dict[int, np.ndarray]:
     """Second pass over the camera topic: decode only the frames (by stream position) that anchor a sample."""
     frames: dict[int, np.ndarray] = {}
     if not wanted:

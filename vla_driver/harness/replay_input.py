@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosbags.highlevel import AnyReader, AnyReaderError
-
 from ..experience import messages as m
+from ..experience.bag_open import BagError, open_bags
 from ..experience.messages import header_stamp_ns
 from ..experience.reader import ROLE_TYPES, MissingTopicError, TopicMap, find_bags, timelines
 from ..nodes.camera_set import LEGACY_CAMERA, camera_topic
@@ -60,7 +59,7 @@ class BagInput:
     def messages(self, roles=None) -> Iterator[tuple[str, int, bytes]]:
         """(role, time on the stamp clock in ns, CDR bytes) of ``roles`` (default: the played ones), in time order."""
         by_topic = {self.topics[r]: r for r in roles or self.played if r in self.topics}
-        with AnyReader(self.bags, default_typestore=m.TYPESTORE) as reader:
+        with open_bags(self.bags) as reader:
             conns = [c for c in reader.connections if c.topic in by_topic]
             for conn, t_ns, raw in reader.messages(connections=conns):
                 yield by_topic[conn.topic], t_ns + self.clock_offset_ns, bytes(raw)
@@ -81,13 +80,13 @@ def open_bag_input(path, remaps: dict[str, str] | None = None, cameras: tuple[st
         bags = groups[0]
         source = bags[0].name if len(bags) == 1 else f"{bags[0].name} .."
         return _check_bag(bags, source, path, remaps, schema, camera_roles, cameras)
-    except AnyReaderError as err:  # e.g. a serialization other than cdr: one line, not a traceback
+    except BagError as err:  # e.g. a serialization other than cdr, a damaged file: one line, not a traceback
         raise ValueError(f"{path}: cannot be replayed: {err}") from None
 
 
 def _check_bag(bags: list[Path], source: str, path, remaps: dict[str, str], schema: dict[str, str],
                camera_roles: tuple[str, ...], cameras: tuple[str, ...] | None) -> BagInput:
-    with AnyReader(bags, default_typestore=m.TYPESTORE) as reader:
+    with open_bags(bags) as reader:
         if not reader.is2:
             raise ValueError(f"{path}: ROS 1 bags cannot be replayed into ROS 2 nodes")
         infos = reader.topics
