@@ -53,3 +53,14 @@ def test_no_mutated_bag_gets_a_traceback_out_of_the_readers(recorded, tmp_path):
             outcomes["refused"] += 1
         shutil.rmtree(bag)
     assert outcomes["read"] > 0 and outcomes["refused"] > 0, outcomes  # both kinds of bag were made
+
+
+def test_split_files_without_metadata_are_a_crashed_drive_to_every_reader(recorded, tmp_path, capsys):
+    from vla_driver.cli import main as cli
+
+    crashed = shutil.copytree(recorded, tmp_path / "crashed")
+    (crashed / "metadata.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="never closed .* logs repair"):
+        read_samples(crashed, progress=False)
+    assert cli(["replay", str(crashed), "--lockstep", "--out", str(tmp_path / "out")]) == 2
+    assert "run `vla-driver logs repair" in capsys.readouterr().err

@@ -172,6 +172,9 @@ def find_bags(paths) -> list[Path]:
         if path.is_file() or (path / METADATA_NAME).exists():
             out.append(path)
             continue
+        if any(path.glob("*.mcap")):  # split files without metadata.yaml: a segment its writer never closed
+            raise FileNotFoundError(f"{path} is a segment that was never closed (no {METADATA_NAME}): "
+                                    f"a crashed drive; run `vla-driver logs repair {path}` first")
         bags, skipped = _bags_below(path)
         if skipped:
             log.warning("skipping %d open or unrepaired segments in %s (run `vla-driver logs repair`): %s",
