@@ -38,8 +38,8 @@ def test_the_car_stays_safe_the_fault_is_named_and_driving_comes_back(suite, cas
 
 @pytest.mark.timeout(900)
 def test_the_bench_line_counts_the_cases_and_every_lost_odometry_message_is_placed(suite):
-    """The logger's losses are counted and put in the case they happened in; that they are 0 is a target
-    not met yet (runs lost 0 to 76 of ~800), so it is measured by ``bench faults``, not asserted here."""
+    """The logger's losses are counted and put in the case they happened in. Runs lose 0 to 3 of ~930 (see
+    docs/results.md): measured by ``bench faults``, not asserted to be 0 here."""
     summary, logged = suite["summary"], suite["logged"]
     assert json.loads(suite["stdout"].strip().splitlines()[-1]) == summary
     assert summary["cases"] == len(CASES) and summary["survived"] == len(CASES)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
 from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -38,6 +41,7 @@ from ..core.camera_rig import load_rig
 from ..core.control import PurePursuitPID
 from ..core.trajectory import TrajectorySpec, stop_trajectory
 from ..experience.reader import find_bags
+from ..experience.repair import repair_all
 from ..nodes.convert import (
     EgoState,
     path_to_trajectory,
@@ -46,6 +50,7 @@ from ..nodes.convert import (
     state_to_odometry,
 )
 from ..nodes.dds import use_profile
+from ..runtime.loading import resolve_checkpoint
 from ..sim.expert import ExpertPolicy
 from ..sim.highway import DrivingSim
 
@@ -55,6 +60,7 @@ ACTION = {"max_input_age_s": 0.5, "rate_hz": 10.0, "deadline_ms": 100.0}  # the 
 CONTROLLER_MAX_INPUT_AGE_S = 0.5
 DECISION_TIMEOUT_S = 2.0
 SETTLE_TIMEOUT_S = 60.0  # waits for output, never asserted as a time
+LOGGER_READY = "[logger_node]: logging "  # the line a logger prints once its subscriptions exist
 
 
 @dataclass
@@ -72,6 +78,7 @@ class FaultCase:
     stops: bool = True
     detect_after_s: float = 0.0
     hold_s: float = 1.5
+    answered: Callable | None = None  # for a request: did its answer give the reason? (rig -> bool)
 
 
 @dataclass
@@ -161,7 +168,9 @@ class FaultRig:
     """The node processes, the sensor feed and what came back, for one run of cases."""
 
     def __init__(self, work: Path, domain_id: int, checkpoint: str = "", backend: str = "onnxruntime"):
-        self.work = Path(work)
+        self.work, self.checkpoint = Path(work), checkpoint
+        self.answers: dict[str, tuple[bool | None, str]] = {}
+        self.logger_down: list[tuple[float, float]] = []  # wall-time spans the logger was not running
         self.bags = self.work / "bags"
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -319,11 +328,74 @@ class FaultRig:
         first_stop = min(stops) if stops else None
         survived = all(n.alive() for n in self.nodes.values())
         return CaseResult(
-            name=case.name, survived=survived, diagnosed=case.cause is None or bool(named),
+            name=case.name, survived=survived,
+            diagnosed=(case.cause is None or bool(named)) and (case.answered is None or case.answered(self)),
             stopped=bool(stops) if case.stops else bool(window), stops=case.stops,
             fallback_s=None if first_stop is None or not case.stops else round(max(0.0, first_stop - detect), 3),
             braked=bool(braking) if case.stops else None,
             recovered_s=None if recovered is None else round(recovered, 3), notes=notes)
+
+    def set_parameter(self, node: str, name: str, value) -> None:
+        """``ros2 param set`` from outside: the answer (successful, reason) lands in ``self.answers[node]``."""
+        client = AsyncParameterClient(self.node, node)
+        if not client.wait_for_services(timeout_sec=SETTLE_TIMEOUT_S):
+            self.answers[node] = (None, "no parameter service")
+            return
+        future = client.set_parameters([Parameter(name, value=value)])
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = future.result().results[0] if future.done() else None
+        self.answers[node] = (None, "no answer") if result is None else (result.successful, result.reason)
+
+    def tampered_checkpoint(self) -> Path:
+        """A copy of the running checkpoint with one byte of its weights changed (its manifest left as it was)."""
+        copy = self.work / "tampered"
+        if not copy.exists():
+            shutil.copytree(resolve_checkpoint(self.checkpoint), copy, ignore=shutil.ignore_patterns("onnx", "engines"))
+            weights = copy / "modules.safetensors"
+            data = bytearray(weights.read_bytes())
+            data[-1] ^= 0xFF
+            weights.write_bytes(bytes(data))
+        return copy
+
+    def stop_logger(self, sig: int) -> None:
+        self._logger_down_from = time.time()
+        self._old_logger_readers = self._logger_readers()
+        self.nodes["logger_node"].signal(sig)
+
+    def _logger_readers(self) -> set[bytes]:
+        """Endpoint ids of the logger's odometry readers this process has discovered."""
+        return {bytes(e.endpoint_gid) for e in self.node.get_subscriptions_info_by_topic("/odom")
+                if e.node_name == "logger_node"}
+
+    def restart_logger(self) -> None:
+        """Start the logger again once the old one is gone, and count it down until it listens again."""
+        logger = self.nodes["logger_node"]
+        logger.proc.wait(timeout=SETTLE_TIMEOUT_S)
+        started = logger.log_path.read_text(errors="replace").count(LOGGER_READY)
+        logger.start()
+        # a killed logger stays matched until its lease runs out: wait for the new one to say it records
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while logger.log_path.read_text(errors="replace").count(LOGGER_READY) <= started:
+            if time.monotonic() > deadline or not logger.alive():
+                break
+            time.sleep(0.1)
+        # a killed logger's reader stays known until its lease ends: wait for the new one by its id
+        while not self._logger_readers() - self._old_logger_readers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # its reader matched by this process's writer, too
+        self.logger_down.append((self._logger_down_from, time.time()))
+
+    def wait_listening(self) -> bool:
+        """Every reader of odometry is matched: the decision, action, controller and logger nodes, and the
+        witness here. A node still importing torch is not, and what is sent before it listens is not lost."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while self.pubs["odom"].get_subscription_count() < 5:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def start_counting(self) -> None:
         """Count odometry sent from now on (every node, the logger included, has long been listening)."""
@@ -337,6 +409,7 @@ class FaultRig:
             t.join(timeout=5.0)
         time.sleep(1.0)
         self.nodes["logger_node"].stop()
+        repaired = [r.summary() for r in repair_all(self.bags, progress=False)]  # a killed logger's segment
         recorded = set()
         for bag in find_bags(self.bags):
             with AnyReader([bag]) as reader:
@@ -346,7 +419,8 @@ class FaultRig:
                     if stamp >= self.count_from:
                         recorded.add(round(stamp, 6))
         with self.lock:
-            missing = [t for t in self.sent_stamps if round(t, 6) not in recorded]
+            down = [t for t in self.sent_stamps if any(a <= t <= b for a, b in self.logger_down)]
+            missing = [t for t in self.sent_stamps if round(t, 6) not in recorded and t not in down]
             missed_by_witness = sum(round(t, 6) not in self.witnessed for t in self.sent_stamps)
             reported = max((int(v) for _, n, _, text in self.statuses if n == "logger_node"
                             for v in re.findall(r"\blost=(\d+)", text)), default=0)
@@ -354,7 +428,8 @@ class FaultRig:
         for t in missing:  # which case each lost message was sent in
             name = next((n for n, a, b in self.windows if a <= t <= b), "between cases")
             lost_in[name] = lost_in.get(name, 0) + 1
-        return {"sent": self.sent["odom"], "recorded": len(recorded), "lost_in": lost_in,
+        return {"sent": self.sent["odom"] - len(down), "recorded": len(recorded - {round(t, 6) for t in down}),
+                "lost_in": lost_in, "sent_while_logger_down": len(down), "repaired": repaired,
                 "reported_lost": reported, "missed_by_witness": missed_by_witness}
 
     def close(self) -> None:
@@ -433,6 +508,18 @@ def _restart(name: str):
     return restart
 
 
+def _swap_to(target: Callable) -> Callable:
+    return lambda rig: rig.set_parameter("action_node", "checkpoint", str(target(rig)))
+
+
+def _refused_with_reason(node: str) -> Callable:
+    return lambda rig: rig.answers.get(node, (None, ""))[0] is False and bool(rig.answers[node][1])
+
+
+def _nothing(rig) -> None:
+    pass
+
+
 def _burst(rig) -> None:
     rig.camera_rate = CAMERA_HZ * 10
 
@@ -468,6 +555,16 @@ CASES = [
     FaultCase("1 MB navigation text", _set("nav_fault", _huge_navigation), _set("nav_fault", None),
               "navigation_too_long", stops=False),
     FaultCase("camera burst at 10x its rate", _burst, _unburst, None, stops=False),
+    FaultCase("ros2 param set rate_hz -1.0 at run time", lambda rig: rig.set_parameter("action_node", "rate_hz", -1.0),
+              _nothing, None, stops=False, answered=_refused_with_reason("action_node")),
+    FaultCase("checkpoint hot-swapped to a missing directory", _swap_to(lambda rig: rig.work / "no_such_checkpoint"),
+              _nothing, "not loaded", stops=False),
+    FaultCase("checkpoint hot-swapped to a tampered copy", _swap_to(lambda rig: rig.tampered_checkpoint()),
+              _nothing, "sha256", stops=False),
+    FaultCase("logger SIGTERM, restarted", lambda rig: rig.stop_logger(signal.SIGTERM), lambda rig: rig.restart_logger(),
+              None, stops=False),
+    FaultCase("logger SIGKILL mid-segment, restarted", lambda rig: rig.stop_logger(signal.SIGKILL),
+              lambda rig: rig.restart_logger(), None, stops=False),
     FaultCase("decision node killed", _kill("decision_node"), _restart("decision_node"), "no decision",
               stops=False, detect_after_s=DECISION_TIMEOUT_S),
 ]
@@ -482,6 +579,8 @@ def run_suite(work: str | Path | None = None, domain_id: int = 191, cases: list[
         try:
             if rig.wait_driving(timeout_s=180.0) is None:
                 raise RuntimeError(f"the nodes never drove; logs in {rig.work / 'logs'}")
+            if not rig.wait_listening():
+                raise RuntimeError(f"the logger never subscribed; logs in {rig.work / 'logs'}")
             rig.start_counting()
             results = []
             for case in cases:
