@@ -75,7 +75,8 @@ def test_frames_stamped_in_the_future_twice_or_backwards_are_refused_naming_the_
         cams.on_frame("image", frame(h, w, 10.0, seed=1), now=10.1)
     with pytest.raises(BadMessage, match="stamp_backwards: .* older than its last one at 10.000 s"):
         cams.on_frame("image", frame(h, w, 9.0, seed=1), now=10.1)
-    assert cams.synced[1] == 10.0 and cams.ages(10.6)["image"] == pytest.approx(0.6)  # still the last good frame
+    assert cams.synced[1] == 9.0 and cams.ages(10.6)["image"] == pytest.approx(1.6)  # as old as it is: stale
+    cams.on_frame("image", frame(h, w, 9.1, seed=1), now=10.2)  # the camera's new timeline goes on
     cams.on_frame("image", frame(h, w, 1.0, seed=2), now=1.0)  # the clock went back too: a reset, start over
     assert cams.synced[1] == 1.0
     cams.on_frame("image", frame(h, w, 5.0, seed=2), now=0.0)  # sim time before the first /clock: not checked

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain
+from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain, soak
 from .common import (
     DEFAULT_SCENARIOS,
     add_eval_arguments,
@@ -67,6 +67,13 @@ def register(sub) -> None:
     b.add_argument("--domain-id", type=int, default=191, help="ROS domain of the suite's own graph")
     b.add_argument("--work", default="", help="keep the node logs and the logger's bags here")
     b.set_defaults(func=_faults)
+
+    b = bench.add_parser("soak", help="the closed loop through the node processes, episodes back to back: "
+                                       "cycles, missed cycles, fallbacks, crashes, RSS of every process")
+    b.add_argument("--minutes", type=float, default=30.0)
+    b.add_argument("--domain-id", type=int, default=195, help="ROS domain of the soak's own graph")
+    b.add_argument("--work", default="", help="keep the node logs and the logger's bags here")
+    b.set_defaults(func=lambda args: 0 if soak.run(args.minutes, args.work, args.domain_id)["crashes"] == 0 else 1)
 
     b = bench.add_parser("rl-gain", help="SFT vs SFT+RL checkpoints: closed-loop DS and SR with 95%% CI")
     b.add_argument("--sft", required=True, metavar="CKPT")

@@ -32,6 +32,10 @@ def camera_topic(name: str) -> str:
     return LEGACY_CAMERA if name == LEGACY_CAMERA else rig_camera_topic(name)
 
 
+class TimeWentBack(BadMessage):
+    """A frame older than its camera's last one: taken (every earlier frame dropped), and named."""
+
+
 class CameraSet:
     def __init__(self, rig: CameraRig | None = None, slop_s: float = 0.05, history: int = 1):
         self.rig, self.slop_s = rig, float(slop_s)
@@ -51,7 +55,7 @@ class CameraSet:
         """Decode one frame (BadMessage names what is wrong with it) and form a set if all cameras agree.
         ``now`` is the node's clock (s; None or 0 = not known yet, as with sim time before the first /clock)."""
         stamp = stamp_to_seconds(msg.header.stamp)
-        self._check_stamp(name, stamp, now)
+        went_back_from = self._check_stamp(name, stamp, now)
         allowed = self.sizes(name)
         if allowed and (msg.height, msg.width) not in allowed:
             (h, w), (mh, mw) = allowed
@@ -59,26 +63,30 @@ class CameraSet:
                                                  f"{self.rig.name} rig has {w}x{h} there (or the model's {mw}x{mh})")
         self.latest[name] = (self._decode(msg), stamp)
         self._assemble()
+        if went_back_from is not None:  # taken, and said: the node judges the frame by its age as any other
+            raise TimeWentBack("stamp_backwards", f"camera {name} frame at {stamp:.3f} s is older than its last one "
+                                                f"at {went_back_from:.3f} s: time went backwards; starting over")
 
-    def _check_stamp(self, name: str, stamp: float, now: float | None) -> None:
-        """Refuse, before any decoding, a frame stamped in the future, or at or before the camera's last
-        frame. Time going back on the node's clock too (a simulator reset, a bag played again) starts over."""
+    def _check_stamp(self, name: str, stamp: float, now: float | None) -> float | None:
+        """Refuse, before any decoding, a frame stamped in the future or twice. A frame older than the camera's
+        last one drops every frame held (a simulator reset or a bag played again starts over: its first frame
+        may arrive before the clock that goes back with it) and returns the last stamp when the node's clock
+        has not gone back too, so that the caller names it; the frame is then as old as it is, and a camera
+        clock that jumped back makes the camera stale, and the car stop, at once."""
         if now and stamp > now + MAX_CLOCK_SKEW_S:
             raise BadMessage("stamp_in_future", f"camera {name} frame stamped {stamp - now:.3f} s ahead of the clock")
         last = self.latest.get(name)
         if last is None:
-            return
+            return None
         if stamp == last[1]:
             raise BadMessage("duplicate_stamp", f"camera {name} sent a second frame stamped {stamp:.3f} s")
-        if stamp < last[1]:
-            if now and now < last[1]:
-                self.latest.clear()
-                self.synced = None
-                if self.history is not None:
-                    self.history.clear()
-                return
-            raise BadMessage("stamp_backwards", f"camera {name} frame at {stamp:.3f} s is older than its "
-                                                f"last one at {last[1]:.3f} s: time went backwards")
+        if stamp > last[1]:
+            return None
+        self.latest.clear()
+        self.synced = None
+        if self.history is not None:
+            self.history.clear()
+        return None if now and now < last[1] else last[1]
 
     def _decode(self, msg: Image) -> np.ndarray:
         """A rig's frame is brought to the model's input size as it arrives (unpacked and resized in one
@@ -129,7 +137,12 @@ class CameraSet:
         diagnostic; ``callback(name)`` runs after each accepted frame."""
         for name in self.names:
             def on_frame(msg, name=name):
-                self.on_frame(name, msg, node.get_clock().now().nanoseconds * 1e-9)
+                try:
+                    self.on_frame(name, msg, node.get_clock().now().nanoseconds * 1e-9)
+                except TimeWentBack:  # the frame was taken: its cycle runs, and the guard names the jump
+                    if callback is not None:
+                        callback(name)
+                    raise
                 if callback is not None:
                     callback(name)
             node.create_subscription(Image, camera_topic(name), guard(self.key(name), on_frame), qos, **kwargs)
