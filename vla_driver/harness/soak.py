@@ -7,7 +7,6 @@ warm-up), logger bytes and drops."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from std_msgs.msg import String
 from tqdm import tqdm
 
 from ..nodes.dds import use_profile
-from .faults import NodeProcess
+from .faults import NodeProcess, node_env
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection")
 EPISODE_S = 20.0  # sim seconds per episode
@@ -40,8 +39,7 @@ class _Soak:
         self.work, self.logs = work, work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         use_profile()
-        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                    "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.env = node_env(domain_id)
         sim = {"use_sim_time": True}
         self.nodes = {
             "decision_node": NodeProcess("decision_node", {**sim, "backend": "onnxruntime"}, self.env, self.logs),
