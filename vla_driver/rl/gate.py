@@ -22,6 +22,7 @@ is set again (hot swap).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -140,11 +141,12 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
     ``harness.replay_scoring.evaluate_replay``: ``truth="logged"`` takes the bag's logged decisions where
     it has them, ``"future"`` always the decision matching the logged motion.
     """
-    out = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
-    result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend, progress=progress,
-                        truth=truth)
+    with contextlib.ExitStack() as stack:  # without a work_dir the replay's files go when it is scored
+        out = Path(work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="gate_replay_")))
+        result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend,
+                            progress=progress, truth=truth)
     return {"planning_accuracy": result.report.get("planning_accuracy"), "samples": result.report.get("samples"),
-            "via": "harness.replay", "report": str(out / "report.json")}
+            "via": "harness.replay", "report": str(out / "report.json") if work_dir else None}
 
 
 def replay_drives(paths, cameras: tuple[str, ...] | None = None) -> list:
@@ -162,11 +164,12 @@ def replay_set_accuracy(checkpoint, drives, backend: str = "torch", work_dir=Non
     """Planning accuracy over a replay set (``replay_drives``), each drive replayed as in
     :func:`replay_accuracy`: the share of all their samples decided right, so a long drive weighs more
     than a short one. A drive that yields no sample is listed and left out of the pool."""
-    work = Path(work_dir or tempfile.mkdtemp(prefix="gate_replay_"))
     per_drive = []
     for i, drive in enumerate(drives):
         name = str(drive) if isinstance(drive, str | os.PathLike) else f"{drive[0]} .. {Path(drive[-1]).name}"
-        per_drive.append({"bag": name, **replay_accuracy(checkpoint, drive, backend, work / f"{i:03d}", truth=truth)})
+        per_drive.append({"bag": name, **replay_accuracy(checkpoint, drive, backend,
+                                                            Path(work_dir) / f"{i:03d}" if work_dir else None,
+                                                            truth=truth)})
     scored = [r for r in per_drive if r["planning_accuracy"] is not None and r["samples"]]
     samples = sum(r["samples"] for r in scored)
     correct = sum(r["planning_accuracy"] * r["samples"] for r in scored)
@@ -201,9 +204,9 @@ def gate(current, candidate, replay=(), scenarios=DEFAULT_SCENARIOS, seeds=None,
                        f"> tolerance {tolerance}")
     metrics = {"closed_loop": comparison}
     if drives:
-        work = Path(work_dir or tempfile.mkdtemp(prefix="gate_"))
-        acc_cur = replay_set_accuracy(current, drives, backend, work / "replay_current", replay_truth)
-        acc_cand = replay_set_accuracy(candidate, drives, backend, work / "replay_candidate", replay_truth)
+        work = Path(work_dir) if work_dir else None
+        acc_cur = replay_set_accuracy(current, drives, backend, work and work / "replay_current", replay_truth)
+        acc_cand = replay_set_accuracy(candidate, drives, backend, work and work / "replay_candidate", replay_truth)
         metrics["replay"] = {"truth": replay_truth, "current": acc_cur, "candidate": acc_cand}
         a, b = acc_cand["planning_accuracy"], acc_cur["planning_accuracy"]
         on = f"{len(drives)} drive(s), {acc_cand['samples']} samples, truth {replay_truth}"
