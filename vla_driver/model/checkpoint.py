@@ -3,12 +3,15 @@
 Layout::
 
     manifest.json                 versions, config, vocabulary, trajectory spec, lineage, files -> sha256
-    base/                         the base LLM (save_pretrained, safetensors) incl. added-token embeddings
+    base/                         the base LLM (save_pretrained, safetensors) incl. added-token embeddings,
+                                  or for a referenced pretrained base only its config and added_rows.safetensors
     adapters/decision/, adapters/action/   peft adapters (adapter_model.safetensors + adapter_config.json)
     modules.safetensors           vision encoder, ego projection, trajectory head
     tokenizer/                    tokenizer.json + tokenizer_config.json
 
 Loading verifies every hash first and refuses pickle files, so a tampered or unsafe checkpoint never runs.
+A pretrained base (e.g. a local Qwen2.5-0.5B) may stay in its own directory: the manifest's ``base`` names
+it with the sha256 of its files, which are verified like the checkpoint's own.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import peft
@@ -45,8 +49,26 @@ MODULES = ("vision", "ego_proj", "traj_head")
 VIEW_EMBED = "view_embed"  # a rig model's learned embedding of each view (camera x frame)
 
 
+ADDED_ROWS = "added_rows.safetensors"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that must not be loaded; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class BaseReference:
+    """A pretrained base LLM left in its own (often read-only) directory: a checkpoint stores its files'
+    hashes and only the embedding rows the policy tokens took (``first_added`` onwards)."""
+
+    path: str
+    first_added: int
+
+    def files(self) -> list[Path]:
+        root = Path(self.path)
+        found = [root / "config.json", *sorted(root.glob("*.safetensors"))]
+        index = root / "model.safetensors.index.json"
+        return found + [index] if index.is_file() else found
 
 
 def _versions() -> dict:
@@ -95,15 +117,37 @@ def _portable_adapter_configs(llm):
             llm.peft_config[name].target_modules = modules
 
 
-def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write atomically: build in a temp dir beside ``out_dir``, then rename over it."""
+def save_base_reference(model, ref: BaseReference, out: Path) -> dict:
+    """The manifest's ``base`` entry; ``out`` gets the base's config (its vocabulary size as resized) and
+    the policy tokens' embedding rows, all that differs from the referenced files."""
+    base = model.llm.get_base_model()
+    out.mkdir(parents=True)
+    base.config.save_pretrained(out)
+    end = len(model.tokenizer)
+    rows = {"embed_tokens": base.get_input_embeddings().weight[ref.first_added:end]}
+    if not base.config.tie_word_embeddings:
+        rows["lm_head"] = base.get_output_embeddings().weight[ref.first_added:end]
+    save_file({k: v.detach().contiguous().cpu() for k, v in rows.items()}, str(out / ADDED_ROWS))
+    files = {p.name: sha256_file(p) for p in ref.files()}
+    return {"path": ref.path, "files": files, "added_rows": [ref.first_added, end]}
+
+
+def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, metrics: dict | None = None,
+                    self_contained: bool = False) -> Path:
+    """Write atomically: build in a temp dir beside ``out_dir``, then rename over it. A model built on a
+    pretrained base (``model.base_source``) references it unless ``self_contained``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         llm = model.llm
         active = llm.active_adapter
-        save_base_llm(llm.get_base_model(), tmp / "base")
+        ref = getattr(model, "base_source", None)
+        if ref is not None and not self_contained:
+            base_entry = save_base_reference(model, ref, tmp / "base")
+        else:
+            base_entry = None
+            save_base_llm(llm.get_base_model(), tmp / "base")
         with _portable_adapter_configs(llm):
             llm.save_pretrained(tmp / "adapters", safe_serialization=True)  # one folder per adapter
         (tmp / "adapters" / "README.md").unlink(missing_ok=True)  # peft's model card: only the local base path
@@ -132,6 +176,8 @@ def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, met
             "metrics": metrics or {},
             "files": files,
         }
+        if base_entry is not None:
+            manifest["base"] = base_entry
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -173,7 +219,40 @@ def verify_checkpoint(ckpt_dir: str | Path) -> dict:
         if actual != digest:
             raise CheckpointError(f"{path}: sha256 {actual[:16]}.. does not match manifest {digest[:16]}.. "
                                   "(file changed or corrupted)")
+    if "base" in manifest:
+        _verify_base_reference(manifest["base"])
     return manifest
+
+
+def _verify_base_reference(entry: dict) -> None:
+    root = Path(entry["path"])
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: the pretrained base this checkpoint references is not there "
+                              "(copy it to that path, or use a self-contained checkpoint)")
+    for name, digest in entry["files"].items():
+        path = root / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: a file of the referenced pretrained base is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise CheckpointError(f"{path}: sha256 {actual[:16]}.. is not the referenced base's "
+                                  f"{digest[:16]}.. (a different or changed model)")
+
+
+def _load_referenced_base(ckpt_dir: Path, entry: dict):
+    """The referenced pretrained base with the checkpoint's vocabulary size and added rows."""
+    base = AutoModelForCausalLM.from_pretrained(entry["path"], local_files_only=True, dtype=torch.float32,
+                                                use_safetensors=True)
+    vocab_rows = json.loads((ckpt_dir / "base" / "config.json").read_text())["vocab_size"]
+    if base.get_input_embeddings().num_embeddings < vocab_rows:
+        base.resize_token_embeddings(vocab_rows, mean_resizing=False)
+    first, end = entry["added_rows"]
+    rows = load_file(str(ckpt_dir / "base" / ADDED_ROWS))
+    with torch.no_grad():
+        base.get_input_embeddings().weight[first:end] = rows["embed_tokens"]
+        if "lm_head" in rows:
+            base.get_output_embeddings().weight[first:end] = rows["lm_head"]
+    return base
 
 
 def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
@@ -183,8 +262,11 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
     cfg = VLAConfig.from_dict(manifest["config"])
     vocab = DecisionVocabulary.from_dict(manifest["vocabulary"])
     tokenizer = load_tokenizer(ckpt_dir / "tokenizer")
-    base = AutoModelForCausalLM.from_pretrained(ckpt_dir / "base", local_files_only=True, dtype=torch.float32,
-                                                use_safetensors=True)
+    if "base" in manifest:
+        base = _load_referenced_base(ckpt_dir, manifest["base"])
+    else:
+        base = AutoModelForCausalLM.from_pretrained(ckpt_dir / "base", local_files_only=True, dtype=torch.float32,
+                                                    use_safetensors=True)
     llm = PeftModel.from_pretrained(base, str(ckpt_dir / "adapters" / DECISION), adapter_name=DECISION)
     llm.load_adapter(str(ckpt_dir / "adapters" / ACTION), adapter_name=ACTION)
     llm.set_adapter(DECISION)
@@ -199,6 +281,8 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
                 model.view_embed.copy_(state[VIEW_EMBED])
         else:  # saved before view embeddings were (2026-12-07): they load as the zeros those models drove with
             log.info("%s: no view embeddings saved; they start at zero", ckpt_dir)
+    if "base" in manifest:
+        model.base_source = BaseReference(manifest["base"]["path"], manifest["base"]["added_rows"][0])
     model.model_version = manifest["model_version"]
     model.manifest = manifest
     return model.to(device).eval()

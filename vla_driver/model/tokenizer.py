@@ -41,6 +41,11 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 800) -> PreTrainedT
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 
+def policy_tokens(vocab: DecisionVocabulary) -> list[str]:
+    """Every token the policy adds: placeholders, tags and the decision words."""
+    return [*CONTROL_TOKENS, *TAG_TOKENS, *vocab.words]
+
+
 def add_policy_tokens(tokenizer: PreTrainedTokenizerBase, vocab: DecisionVocabulary) -> list[str]:
     """Add placeholders (special) and decision words + tags (plain, so they decode as text). Returns new tokens."""
     before = set(tokenizer.get_vocab())
@@ -49,6 +54,14 @@ def add_policy_tokens(tokenizer: PreTrainedTokenizerBase, vocab: DecisionVocabul
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return [t for t in tokenizer.get_vocab() if t not in before]
+
+
+def token_pieces(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[str]) -> dict[str, list[int]]:
+    """How ``tokenizer`` spells each token as text before it is added ("LEFT_TURN" as " left turn"): a
+    pretrained model's new rows start from these pieces' embeddings, so no two decision words start alike."""
+    def text(token: str) -> str:
+        return token if token.startswith("<") else " " + token.lower().replace("_", " ")
+    return {t: tokenizer.encode(text(t), add_special_tokens=False) for t in tokens}
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

@@ -133,12 +133,14 @@ class VLAModel(nn.Module):
         ], dim=1)
 
         hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        # Only the prompt's last position and each branch's last token are read: the LM head runs on those.
+        # Only the prompt's last position and each branch's last token are read, and only the candidate words'
+        # logits (the softmaxes are over the candidates): S + P rows of the LM head, not all of the vocabulary.
         branch_last = length + torch.arange(n_speeds, device=device) * m + (m - 1)
-        read = torch.cat([hidden[torch.arange(b, device=device), lengths - 1][:, None], hidden[:, branch_last]], 1)
-        logits = self.llm.get_output_embeddings()(read)  # (B, 1 + S, V)
-        speed_logits = logits[:, 0][:, self.speed_ids]  # (B, S)
-        path_logits = logits[:, 1:][:, :, self.path_ids]  # (B, S, P)
+        head = self.llm.get_output_embeddings()
+        speed_logits = F.linear(hidden[torch.arange(b, device=device), lengths - 1], head.weight[self.speed_ids],
+                                None if head.bias is None else head.bias[self.speed_ids])  # (B, S)
+        path_logits = F.linear(hidden[:, branch_last], head.weight[self.path_ids],
+                               None if head.bias is None else head.bias[self.path_ids])  # (B, S, P)
         return F.log_softmax(speed_logits.float(), -1)[:, :, None] + F.log_softmax(path_logits.float(), -1)
 
     def reference_log_probs(self, images, ego, input_ids) -> torch.Tensor:

@@ -32,8 +32,8 @@ from .policy import TorchPolicy
 log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
-GRAPH_FORMAT = 3  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
-# 3: the decision scorer applies the LM head to the positions it reads only)
+GRAPH_FORMAT = 4  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
+# 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only)
 
 
 def exporter_id() -> str:
