@@ -159,3 +159,29 @@ def test_processes_opening_one_checkpoint_at_once_export_it_once(tiny_checkpoint
     for spec in load_graph_specs(ckpt / "onnx" / SPEC_FILE):
         assert sha256_file(ckpt / "onnx" / spec.onnx_file) == spec.onnx_sha256
     assert not list(ckpt.glob(".onnx-*"))  # no staging folder left behind
+
+
+def test_large_graphs_keep_their_weights_in_one_verified_file_beside_them(tiny_checkpoint, tmp_path, monkeypatch):
+    """Past EXTERNAL_DATA_BYTES (1 GiB: the 0.5 B model's graphs) weights go to NAME.onnx.data; the tiny
+    model crosses a threshold lowered to 1 byte, and the graphs still run, agree and are verified."""
+    import vla_driver.runtime.export as export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    specs = {s.name: s for s in export_checkpoint(ckpt, ckpt / "onnx")}
+    assert sorted(p.name for p in (ckpt / "onnx").iterdir() if p.suffix == ".data") == sorted(
+        f"{name}.onnx.data" for name in specs)  # one weights file per graph, not one per tensor
+    for spec in specs.values():
+        assert len(spec.data_sha256) == 64 and spec.data_path(ckpt / "onnx").is_file()
+        assert (ckpt / "onnx" / spec.onnx_file).stat().st_size < spec.data_path(ckpt / "onnx").stat().st_size
+    assert load_graph_specs(ckpt / "onnx" / SPEC_FILE)[0].data_sha256 == specs["decision_scorer"].data_sha256
+    report = verify_onnx_against_torch(ckpt, frames=[example_observation(i) for i in range(3)], generate_tokens=4)
+    assert report["decision_agreement"] == 1.0 and report["max_prob_diff"] <= 1e-4
+    weights = specs["action_planner"].data_path(ckpt / "onnx")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    policy = load_policy(ckpt, backend="onnxruntime")  # re-verified: the planner's weights changed
+    assert policy.backend_name == "torch"
+    assert any("action_planner.onnx.data" in w for w in policy.backend_choice.warnings)

@@ -108,11 +108,12 @@ def _static_problems(spec, onnx_path: Path, allow_recent: bool) -> list[str]:
     problems = list(spec.problems())
     if not onnx_path.is_file():
         return [*problems, f"ONNX file not found: {onnx_path}"]
-    if spec.onnx_sha256:
-        try:
-            verify_file_hash(onnx_path, spec.onnx_sha256)
-        except HashMismatchError as exc:
-            return [*problems, str(exc)]
+    for path, digest in ((onnx_path, spec.onnx_sha256), (spec.data_path(onnx_path.parent), spec.data_sha256)):
+        if digest:
+            try:
+                verify_file_hash(path, digest)
+            except (HashMismatchError, FileNotFoundError) as exc:
+                return [*problems, str(exc)]
     try:
         unsupported = unsupported_ops(onnx_path, allow_recent=allow_recent)
     except (DecodeError, ValueError) as exc:
@@ -200,7 +201,8 @@ def run_build_engine(args) -> int:
 
 
 def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: int = 2) -> list[dict]:
-    reference = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu")
+    reference = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
+                           data_sha256=spec.data_sha256 or None)
     rows = compare_runners(reference, TrtRunner(engine, spec), spec, precision)
     for row in rows:
         figure = row.get("max_abs_diff", row.get("agreement", row.get("error")))
@@ -212,7 +214,8 @@ def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: i
 def _check_ort(spec, onnx: Path, threads: int) -> dict:
     """Load the graph in ONNX Runtime (CPU) and run it at min/opt/max: shapes and finiteness."""
 
-    session = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu")
+    session = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
+                         data_sha256=spec.data_sha256 or None)
     problems = []
     for point in PROFILE_POINTS:
         outputs = session.run(sample_feeds(spec, point))

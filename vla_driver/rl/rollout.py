@@ -112,7 +112,7 @@ class RolloutWorker:
         path, model = Path(checkpoint), self.policy.model
         try:
             specs = ensure_exported(path, sha256_file(path / "manifest.json"))
-            runners = {name: OrtSession(path / "onnx" / s.onnx_file, s.onnx_sha256, self.cfg.threads_per_worker)
+            runners = {name: OrtSession.for_spec(s, path / "onnx", self.cfg.threads_per_worker)
                        for name, s in specs.items()}
         except Exception as e:  # noqa: BLE001 - the torch policy plans then
             log.warning("no ONNX Runtime graphs for %s (%s): rollouts plan with torch", checkpoint, e)

@@ -13,11 +13,13 @@ Exported with an example sequence length >= 2 so the sequence axis stays dynamic
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from transformers import DynamicCache
@@ -26,12 +28,13 @@ from .. import __version__
 from ..core.types import CAMERA_SIZE, Observation
 from ..core.vocabulary import Decision
 from ..model.checkpoint import load_checkpoint, sha256_file
-from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
+from .graph_spec import GraphSpec, TensorSpec, data_file_of, save_graph_specs
 from .policy import TorchPolicy
 
 log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
+EXTERNAL_DATA_BYTES = 1 << 30
 GRAPH_FORMAT = 4  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
 # 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only)
 
@@ -81,10 +84,26 @@ class DecoderStep(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    """Write ``path``; a graph with more than ``EXTERNAL_DATA_BYTES`` of weights keeps them in one
+    ``<path>.data`` beside it (torch's exporter would write one file per tensor past protobuf's 2 GiB)."""
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(staged), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        if sum(f.stat().st_size for f in Path(tmp).iterdir()) < EXTERNAL_DATA_BYTES:
+            staged.replace(path)
+            return
+        graph = onnx.load(str(staged))  # with any per-tensor files torch wrote
+        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_file_of(path).name, size_threshold=1024)
+
+
+def _hashes(path: Path) -> dict:
+    """The spec's hash fields of one written graph (and of its external weights, if it has them)."""
+    data = data_file_of(path)
+    return {"onnx_sha256": sha256_file(path), **({"data_sha256": sha256_file(data)} if data.is_file() else {})}
 
 
 def example_inputs(policy, batch: int = 1):
@@ -149,8 +168,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
         profiles = {**img_profiles, "input_ids": ((1, int(min_seq)), (1, int(ids.shape[1])), (max_batch, max_seq)),
                     "lengths": ((1,), (1,), (max_batch,))}
         specs.append(GraphSpec(name, path.name, {**img_inputs, **seq_inputs},
-                               {out_name: TensorSpec("float32", out_shape)}, profiles, sha256_file(path), ckpt_sha,
-                               adapter).validate())
+                               {out_name: TensorSpec("float32", out_shape)}, profiles, checkpoint_sha256=ckpt_sha,
+                               adapter=adapter, **_hashes(path)).validate())
         log.info("exported %s in %.1f s", name, time.perf_counter() - start)
     specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
                              max_batch, max_seq, img_inputs, img_profiles, img_axes)
@@ -178,7 +197,7 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
         {**img_inputs, "input_ids": TensorSpec("int64", ("batch", "seq"), (0, len(model.tokenizer) - 1))},
         {"inputs_embeds": TensorSpec("float32", ("batch", "seq", hidden))},
         {**img_profiles, "input_ids": ((1, ids.shape[1]), (1, ids.shape[1]), (max_batch, max_seq))},
-        sha256_file(path), ckpt_sha, "decision").validate())
+        checkpoint_sha256=ckpt_sha, adapter="decision", **_hashes(path)).validate())
 
     with torch.no_grad():
         embeds = merged.embed_prompt(images, ego, ids)
@@ -211,7 +230,7 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
                 "attention_mask": ((1, 2), (1, 65), (max_batch, 2 * max_seq)),
                 "position_ids": ((1, 1), (1, 1), (max_batch, max_seq))}
     profiles.update({k: kv_prof for k in names_past})
-    specs.append(GraphSpec("decoder_step", path.name, inputs, outputs, profiles, sha256_file(path), ckpt_sha,
-                           "decision"))
+    specs.append(GraphSpec("decoder_step", path.name, inputs, outputs, profiles, checkpoint_sha256=ckpt_sha,
+                           adapter="decision", **_hashes(path)))
     np.save(out_dir / "token_embeddings.npy", llm.get_input_embeddings().weight.detach().numpy())
     return specs

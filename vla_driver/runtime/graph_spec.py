@@ -63,6 +63,12 @@ def _shape_triplet(value: Sequence[Sequence[int]]) -> tuple[Shape, Shape, Shape]
     return lo, opt, hi
 
 
+def data_file_of(onnx_path: str | Path) -> Path:
+    """Where a graph's external weights live: ``NAME.onnx.data`` beside ``NAME.onnx``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".data")
+
+
 @dataclass
 class GraphSpec:
     """One exported graph (e.g. "decision_scorer", "action_planner", "decoder_step").
@@ -70,6 +76,8 @@ class GraphSpec:
     ``onnx_file`` is relative to the directory of the spec file (or absolute). ``checkpoint_sha256`` and
     ``adapter`` name the weights the graph was exported from; they go into every engine key built from it.
     ``exporter`` names the code that wrote the graph, so graphs from older exporter code are not reused.
+    ``data_sha256`` is set for a graph whose weights live beside it in ``<onnx_file>.data`` (ONNX external
+    data: protobuf cannot hold more than 2 GiB), and that file is verified as the graph is.
     """
 
     name: str
@@ -81,6 +89,7 @@ class GraphSpec:
     checkpoint_sha256: str = ""
     adapter: str = ""
     exporter: str = ""
+    data_sha256: str = ""
 
     def __post_init__(self) -> None:
         self.profiles = {k: _shape_triplet(v) for k, v in self.profiles.items()}
@@ -146,6 +155,10 @@ class GraphSpec:
         path = Path(self.onnx_file)
         return path if path.is_absolute() else Path(base_dir) / path
 
+    def data_path(self, base_dir: str | Path = ".") -> Path | None:
+        """The external weights file, or None for a graph that holds its weights."""
+        return data_file_of(self.onnx_path(base_dir)) if self.data_sha256 else None
+
     # ---- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -155,6 +168,7 @@ class GraphSpec:
             "checkpoint_sha256": self.checkpoint_sha256,
             "adapter": self.adapter,
             "exporter": self.exporter,
+            **({"data_sha256": self.data_sha256} if self.data_sha256 else {}),
             "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "profiles": {k: [list(s) for s in v] for k, v in self.profiles.items()},
@@ -173,6 +187,7 @@ class GraphSpec:
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 adapter=str(data.get("adapter", "")),
                 exporter=str(data.get("exporter", "")),
+                data_sha256=str(data.get("data_sha256", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a valid graph spec ({type(exc).__name__}: {exc})") from exc

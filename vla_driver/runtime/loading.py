@@ -70,8 +70,7 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
         if specs:
             engines_ok, runners, details = open_engines(path / "engines", specs, precision, allow_rebuild)
             try:
-                ort_runners = {name: OrtSession(path / "onnx" / s.onnx_file, s.onnx_sha256, threads)
-                               for name, s in specs.items()}
+                ort_runners = {name: OrtSession.for_spec(s, path / "onnx", threads) for name, s in specs.items()}
             except Exception as err:
                 warnings.append(f"ONNX Runtime cannot load the graphs: {err}")
     choice = resolve_backend(backend, engines_ok, bool(ort_runners), details=details)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine_cache import verify_file_hash
+from .graph_spec import GraphSpec, data_file_of
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -56,12 +57,15 @@ class OrtSession:
     """
 
     def __init__(self, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 2,
-                 providers: str | Sequence[str] = "auto", trt_cache_dir: str | Path | None = None):
+                 providers: str | Sequence[str] = "auto", trt_cache_dir: str | Path | None = None,
+                 data_sha256: str | None = None):
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {self.path}")
         if expected_sha256:
             verify_file_hash(self.path, expected_sha256)
+        if data_sha256:
+            verify_file_hash(data_file_of(self.path), data_sha256)
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -89,6 +93,13 @@ class OrtSession:
         self.providers: list[str] = self.session.get_providers()
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+
+    @classmethod
+    def for_spec(cls, spec: GraphSpec, base_dir: str | Path, threads: int = 2,
+                 providers: str | Sequence[str] = "auto") -> OrtSession:
+        """The graph of ``spec`` in ``base_dir``, its file and any external weights verified by hash."""
+        return cls(spec.onnx_path(base_dir), spec.onnx_sha256 or None, threads, providers,
+                   data_sha256=spec.data_sha256 or None)
 
     @property
     def input_names(self) -> list[str]:

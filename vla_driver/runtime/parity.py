@@ -45,7 +45,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     stale = [n for n, s in specs.items() if s.checkpoint_sha256 != sha256_file(checkpoint_dir / "manifest.json")]
     if stale:
         raise ValueError(f"graphs {stale} in {onnx_dir} were exported from another checkpoint")
-    runners = {n: OrtSession(onnx_dir / s.onnx_file, s.onnx_sha256, threads) for n, s in specs.items()}
+    runners = {n: OrtSession.for_spec(s, onnx_dir, threads) for n, s in specs.items()}
     ort = graph_policy(runners, specs, onnx_dir, manifest, "onnxruntime", checkpoint_dir)
     ref = TorchPolicy(load_checkpoint(checkpoint_dir))
     frames = [example_observation(i) for i in range(SYNTHETIC_FRAMES)] if frames is None else list(frames)
