@@ -34,22 +34,12 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
     variants = {"answer words": (forced, len(enc.ids(words)), "<answer>"),
                 "whole response": (bare, len(enc.ids(fast_answer_prefix() + words)), "")}
 
-    def generator(ids: torch.Tensor, new_tokens: int):
-        @torch.inference_mode()
-        def generate():
-            model.select_adapter("decision")
-            embeds = model.embed_prompt(images, ego, ids)
-            return model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id)
-        return generate
-
     single = policy.decide(obs)
     print(f"single pass: {single.decision.speed}, {single.decision.path} "
           f"(p={single.probs.max():.3f}, full {policy.vocab.num_candidates}-candidate table)")
     timings = {"single pass": time_calls(lambda: policy.decision_table([obs]), iters)}
     for name, (ids, new_tokens, prefix) in variants.items():
-        generate = generator(ids, new_tokens)
+        generate = torch_generate(policy, obs, ids, new_tokens)
         text = tok.decode(generate()[0])
         print(f"generate ({name}): {text!r} ({new_tokens} new tokens, one answer, no table)")
         try:
@@ -87,6 +77,21 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
               "prefill_ms_p50": p, "decode_step_ms_p50": d, "threads": threads, "iters": iters}
     emit(record)
     return record
+
+
+def torch_generate(policy, obs, ids: torch.Tensor, new_tokens: int):
+    """A call that greedily generates exactly ``new_tokens`` after ``ids`` on the decision adapter (KV cache)."""
+    model, enc = policy.model, policy.encoder
+    images, ego = enc.images([obs]), enc.ego([obs])
+
+    @torch.inference_mode()
+    def generate():
+        model.select_adapter("decision")
+        embeds = model.embed_prompt(images, ego, ids)
+        return model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=model.tokenizer.pad_token_id)
+    return generate
 
 
 @torch.inference_mode()

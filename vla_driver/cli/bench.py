@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain, soak
+from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain, scale, soak
 from .common import (
     DEFAULT_SCENARIOS,
     add_eval_arguments,
@@ -38,6 +38,17 @@ def register(sub) -> None:
     b.add_argument("--iters", type=int, default=100)
     b.add_argument("--threads", type=int, default=2)
     b.set_defaults(func=_backends)
+
+    b = bench.add_parser("scale", help="the cost curve from ~4 M to 0.5 B parameters (Qwen2 stand-ins, ViT-B "
+                                           "on 1 and 3 cameras) on torch, ONNX Runtime and ORT int8")
+    b.add_argument("--variants", default=",".join(scale.DEFAULT_VARIANTS),
+                   help=f"comma-separated, from {', '.join(scale.VARIANTS)}")
+    b.add_argument("--backends", default=",".join(scale.BACKENDS))
+    b.add_argument("--work", default="runs/bench/scale", help="stand-ins, checkpoints, graphs, scale.json, plot")
+    b.add_argument("--iters", type=int, default=10, help="timed calls per figure")
+    b.add_argument("--frames", type=int, default=200, help="simulator frames for int8's decision agreement")
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=_scale)
 
     b = bench.add_parser("replay", help="lockstep replay of a sample bag with the default model: "
                                             "real-time factor and planning accuracy")
@@ -111,6 +122,16 @@ def _backends(args) -> int:
     except RuntimeError as err:  # a measuring process failed: its error, as one line
         print(f"bench backends: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _scale(args) -> int:
+    variants, backends = args.variants.split(","), args.backends.split(",")
+    unknown = [v for v in variants if v not in scale.VARIANTS] + [b for b in backends if b not in scale.BACKENDS]
+    if unknown:
+        print(f"bench scale: unknown {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    scale.run(variants, backends, args.work, args.iters, args.threads, args.frames)
     return 0
 
 

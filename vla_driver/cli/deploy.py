@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from vla_driver.model.checkpoint import checkpoint_rig, read_manifest
 from vla_driver.runtime.calibration import calibration_batches, iter_frames, passthrough_preprocess
 from vla_driver.runtime.engine_cache import (
     PRECISIONS,
@@ -27,6 +28,7 @@ from vla_driver.runtime.engine_cache import (
 )
 from vla_driver.runtime.export import export_checkpoint
 from vla_driver.runtime.graph_spec import PROFILE_POINTS, load_graph_specs, sample_feeds, save_graph_specs
+from vla_driver.runtime.loading import resolve_checkpoint
 from vla_driver.runtime.onnx_backend import OrtSession
 from vla_driver.runtime.onnx_ops import unsupported_ops
 from vla_driver.runtime.parity import verify_onnx_against_torch
@@ -280,7 +282,9 @@ def run_verify(args) -> int:
 def _verify_against_torch(args) -> dict:
     """The model-specific comparison (``vla_driver.runtime.parity``) on frames the simulator side resolves."""
     try:
-        frames = observations_for(args.frames or (args.sim_frames or None))
+        checkpoint = resolve_checkpoint(args.checkpoint)  # simulator frames as its cameras see them
+        frames = observations_for(args.frames or (args.sim_frames or None), checkpoint_rig(checkpoint),
+                                  read_manifest(checkpoint)["config"].get("history", 1))
         report = verify_onnx_against_torch(args.checkpoint, args.spec.parent, frames, progress=True)
     except Exception as exc:  # report any failure of the model-side check instead of a traceback
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -45,24 +45,36 @@ class ConvVisionEncoder(nn.Module):
         return self.proj(tokens)
 
 
+def pooling_matrix(side: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(rows x cols, side x side) weights that average a square patch grid into ``grid`` cells exactly as
+    ``adaptive_avg_pool2d`` does; a matmul exports to ONNX at any ratio (adaptive pooling only when divisible)."""
+    def spans(n_out: int) -> list[range]:
+        return [range(i * side // n_out, -(-(i + 1) * side // n_out)) for i in range(n_out)]
+    out = torch.zeros(grid[0] * grid[1], side * side)
+    for r, rows in enumerate(spans(grid[0])):
+        for c, cols in enumerate(spans(grid[1])):
+            cells = [y * side + x for y in rows for x in cols]
+            out[r * grid[1] + c, cells] = 1.0 / len(cells)
+    return out
+
+
 class PretrainedVisionEncoder(nn.Module):
     """Any local Hugging Face vision tower (e.g. SigLIP) whose patch features are pooled to the token grid."""
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
-        model = AutoModel.from_pretrained(cfg.pretrained_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(cfg.pretrained_dir, local_files_only=True, use_safetensors=True)
         self.tower = getattr(model, "vision_model", model)
         hidden = self.tower.config.hidden_size
-        self.grid = cfg.token_grid
+        self.side = self.tower.config.image_size // self.tower.config.patch_size
+        self.register_buffer("pool", pooling_matrix(self.side, cfg.token_grid), persistent=False)
         self.proj = nn.Sequential(nn.Linear(hidden, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.tower.config.image_size
         x = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
         patches = self.tower(pixel_values=x * 2 - 1).last_hidden_state  # (B, N, D)
-        side = int(patches.shape[1] ** 0.5)
-        grid = patches[:, -side * side:].transpose(1, 2).reshape(x.shape[0], -1, side, side)
-        tokens = F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)
+        tokens = self.pool @ patches[:, -self.side * self.side:]  # (B, rows x cols, D)
         return self.proj(tokens)
 
 

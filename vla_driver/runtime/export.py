@@ -98,6 +98,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         graph = onnx.load(str(staged))  # with any per-tensor files torch wrote
         onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_file_of(path).name, size_threshold=1024)
+        data_file_of(path).chmod(0o644)  # onnx writes it private; the nodes may run as another user
 
 
 def _hashes(path: Path) -> dict:
