@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -24,6 +25,19 @@ def time_calls(fn: Callable[[], object], iters: int, warmup: int = 3) -> np.ndar
 
 def percentiles(ms: np.ndarray) -> dict:
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM, which belongs to its own address space. (ru_maxrss is
+    kept across exec, so a spawned child would report its parent's peak if that was higher.)"""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_python_mb(fn: Callable[[], object]) -> float:

@@ -5,13 +5,12 @@ Each backend runs in its own spawned process so its peak resident memory is its 
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 
 import torch
 
 from ..runtime.loading import load_policy
 from ..sim.highway import DrivingSim
-from . import emit, percentiles, time_calls
+from . import emit, peak_rss_mb, percentiles, time_calls
 
 
 def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> None:
@@ -29,7 +28,7 @@ def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> 
         "decision": percentiles(time_calls(lambda: policy.decision_table([obs]), iters)),
         "action": percentiles(time_calls(lambda: policy.trajectory_modes([obs], [decision]), iters)),
         "cycle": percentiles(time_calls(lambda: policy.plan(obs, policy.decide(obs).decision), iters)),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     queue.put(results)
 

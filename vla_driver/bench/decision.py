@@ -13,6 +13,8 @@ tokens costs about prefill + (k - 1) steps, the single pass about one prefill of
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ..core.vocabulary import parse_answer
@@ -39,8 +41,8 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
           f"(p={single.probs.max():.3f}, full {policy.vocab.num_candidates}-candidate table)")
     timings = {"single pass": time_calls(lambda: policy.decision_table([obs]), iters)}
     for name, (ids, new_tokens, prefix) in variants.items():
-        generate = torch_generate(policy, obs, ids, new_tokens)
-        text = tok.decode(generate()[0])
+        generate = partial(policy.generate_ids, obs, ids[0].tolist(), new_tokens, set())
+        text = tok.decode(generate())
         print(f"generate ({name}): {text!r} ({new_tokens} new tokens, one answer, no table)")
         try:
             parse_answer(prefix + text, policy.vocab)
@@ -77,21 +79,6 @@ def run(checkpoint: str = "", iters: int = 50, threads: int = 2) -> dict:
               "prefill_ms_p50": p, "decode_step_ms_p50": d, "threads": threads, "iters": iters}
     emit(record)
     return record
-
-
-def torch_generate(policy, obs, ids: torch.Tensor, new_tokens: int):
-    """A call that greedily generates exactly ``new_tokens`` after ``ids`` on the decision adapter (KV cache)."""
-    model, enc = policy.model, policy.encoder
-    images, ego = enc.images([obs]), enc.ego([obs])
-
-    @torch.inference_mode()
-    def generate():
-        model.select_adapter("decision")
-        embeds = model.embed_prompt(images, ego, ids)
-        return model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                  pad_token_id=model.tokenizer.pad_token_id)
-    return generate
 
 
 @torch.inference_mode()

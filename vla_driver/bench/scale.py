@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,9 +27,8 @@ from ..model.standin import make_llm_standin, make_vision_standin
 from ..runtime.graph_spec import load_graph_specs, save_graph_specs
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
 from ..runtime.onnx_backend import OrtSession
-from . import emit, percentiles, time_calls
+from . import emit, peak_rss_mb, percentiles, time_calls
 from .backends import frame_for_bench
-from .decision import torch_generate
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 INT8_DIR = "onnx-int8"
@@ -109,13 +107,6 @@ def _policy(backend: str, ckpt: Path, threads: int):
     return graph_policy(runners, specs, graphs, read_manifest(ckpt), backend, ckpt)
 
 
-def _generate(policy, obs, rows: list[int], new_tokens: int):
-    """Greedy decoding of ``new_tokens`` after the forced answer prefix, the way each backend would."""
-    if hasattr(policy, "generate_ids"):
-        return lambda: policy.generate_ids(obs, rows, new_tokens, set())
-    return torch_generate(policy, obs, torch.tensor([rows]), new_tokens)
-
-
 def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, queue) -> None:
     torch.set_num_threads(threads)
     try:
@@ -129,7 +120,8 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
         result = {
             "backend": policy.backend_name, "prompt_tokens": len(rows),
             "decision": percentiles(decide),
-            "generate": percentiles(time_calls(_generate(policy, obs, rows, new_tokens), iters, warmup=1)),
+            "generate": percentiles(time_calls(lambda: policy.generate_ids(obs, rows, new_tokens, set()), iters,
+                                               warmup=1)),
             "plan": percentiles(time_calls(lambda: policy.trajectory_modes([obs], [decision]), iters, warmup=1)),
             "cycle": percentiles(time_calls(lambda: policy.plan(obs, policy.decide(obs).decision), iters, warmup=1)),
         }
@@ -143,7 +135,7 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
             same = [reference.decide(o).decision == policy.decide(o).decision for o in observed]
             result["agreement"] = float(np.mean(same))
             result["agreement_frames"] = len(same)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
     except Exception as err:  # noqa: BLE001 - reported by the parent as one line
         result = {"error": f"{backend}: {type(err).__name__}: {err}"}
     queue.put(result)

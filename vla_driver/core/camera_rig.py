@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 RESIZE_MODES = ("letterbox", "crop")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "config" / "rigs"  # source checkout / editable install
@@ -289,13 +288,15 @@ def rig_param(rig: CameraRig | None) -> str:
     return json.dumps(rig.to_dict())
 
 
-def fit_to_model(image: np.ndarray | Image.Image, rig: CameraRig) -> np.ndarray:
+def fit_to_model(image, rig: CameraRig) -> np.ndarray:
     """A native (H, W, 3) uint8 frame (or an RGB PIL image, as a camera message decodes to without a copy)
     -> (model_height, model_width, 3) uint8, aspect ratio kept (letterbox: black bars; crop: centre crop).
     The one place images are resized for the model; the pixel geometry is ``rig.fit`` and matches
     ``rig.model_K``. Downscaling first averages whole pixel blocks (``reducing_gap``): an 800x600 frame to
-    128x96 in 0.6 ms instead of 1.3, within ~0.2 grey levels of a full bilinear filter on camera images."""
-    if isinstance(image, Image.Image):
+    128x96 in 0.6 ms instead of 1.3, within ~0.2 grey levels of a full bilinear filter on camera images.
+    Pillow is imported only to resize, so a frame already at the model's size needs numpy alone (the GPU
+    check runs where Pillow is not installed)."""
+    if not isinstance(image, np.ndarray) and hasattr(image, "mode"):  # a PIL image
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
         size = (image.height, image.width)
@@ -309,6 +310,8 @@ def fit_to_model(image: np.ndarray | Image.Image, rig: CameraRig) -> np.ndarray:
     if geo.src_box == (0.0, 0.0, float(size[1]), float(size[0])) and (h, w) == size:
         scaled = np.asarray(image)
     else:
+        from PIL import Image
+
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         scaled = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR, box=geo.src_box, reducing_gap=2.0))
     if (w, h) == (rig.model_width, rig.model_height):

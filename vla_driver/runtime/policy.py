@@ -28,6 +28,7 @@ class TorchPolicy:
         self.history = model.cfg.history  # frames per camera (core.frame_history)
         self.limits = limits
         self.max_reasoning_tokens = max_reasoning_tokens
+        self.device = next(model.parameters()).device  # inputs go where the weights are
         self.last_plan_violations: list[str] = []
 
     # ------------------------------------------------------------ decision
@@ -36,7 +37,8 @@ class TorchPolicy:
         """(B, S, P) candidate log-probabilities, one forward pass for the whole batch."""
         enc = self.encoder
         self.model.select_adapter("decision")
-        return self.model.decision_log_probs(*enc.batch(observations, rows or enc.decision_rows(observations))).numpy()
+        rows = rows or enc.decision_rows(observations)
+        return self.model.decision_log_probs(*enc.batch(observations, rows, self.device)).float().cpu().numpy()
 
     def decide(self, obs: Observation, sample: bool = False, think: bool = False,
                rng: np.random.Generator | None = None) -> DecisionResult:
@@ -49,18 +51,26 @@ class TorchPolicy:
         return make_result(table, self.vocab, sample, rng, reasoning, start, self.model_version)
 
     @torch.inference_mode()
-    def reason(self, obs: Observation, sample: bool = False) -> tuple[str, list[int]]:
-        """Slow thinking: generate a short reasoning, then force the answer tag (answer stays in vocabulary)."""
+    def generate_ids(self, obs: Observation, prompt: list[int], max_new_tokens: int, stop_ids: set[int],
+                     sample: bool = False) -> list[int]:
+        """Decoding with the KV cache on the decision adapter, up to a stop token; without stop tokens
+        exactly ``max_new_tokens`` (what the benchmarks time against the single pass)."""
         enc, model, tok = self.encoder, self.model, self.model.tokenizer
         model.select_adapter("decision")
+        ids = torch.tensor([prompt], device=self.device)
+        embeds = model.embed_prompt(enc.images([obs]).to(self.device), enc.ego([obs]).to(self.device), ids)
+        stop = sorted(stop_ids)
+        return model.llm.generate(
+            inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+            min_new_tokens=0 if stop else max_new_tokens, do_sample=sample, eos_token_id=stop or None,
+            pad_token_id=tok.pad_token_id)[0].tolist()
+
+    def reason(self, obs: Observation, sample: bool = False) -> tuple[str, list[int]]:
+        """Slow thinking: generate a short reasoning, then force the answer tag (answer stays in vocabulary)."""
+        enc, tok = self.encoder, self.model.tokenizer
         prompt = enc.prompt_ids(obs) + enc.ids("<think>")
-        ids = torch.tensor([prompt])
-        embeds = model.embed_prompt(enc.images([obs]), enc.ego([obs]), ids)
         close_id = tok.convert_tokens_to_ids("</think>")
-        out = model.llm.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_reasoning_tokens,
-            do_sample=sample, eos_token_id=[close_id, tok.eos_token_id], pad_token_id=tok.pad_token_id,
-        )[0].tolist()
+        out = self.generate_ids(obs, prompt, self.max_reasoning_tokens, {close_id, tok.eos_token_id}, sample)
         text = reasoning_from_ids(tok, out, self.vocab)
         row = prompt + enc.ids(text) + enc.ids("</think><answer>")
         return text, row
@@ -70,7 +80,8 @@ class TorchPolicy:
     def trajectory_modes(self, observations: list[Observation], decisions: list[Decision]) -> np.ndarray:
         enc = self.encoder
         self.model.select_adapter("action")
-        return self.model.trajectories(*enc.batch(observations, enc.action_rows(observations, decisions))).numpy()
+        rows = enc.action_rows(observations, decisions)
+        return self.model.trajectories(*enc.batch(observations, rows, self.device)).float().cpu().numpy()
 
     def plan(self, obs: Observation, decision: Decision) -> Trajectory:
         modes = self.trajectory_modes([obs], [decision])[0]
