@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export SDL_VIDEODRIVER := offscreen
@@ -19,10 +20,15 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The optional Ray extra (distributed rollouts): the tests run them, the demo does not need it.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[ray]"
+	touch $(RAY_STAMP)
+
 lint: setup
 	$(BIN)/ruff check vla_driver test launch trt setup.py
 
-test: setup lint
+test: setup $(RAY_STAMP) lint
 	$(BIN)/python -m pytest -q test
 
 demo: setup

@@ -19,6 +19,7 @@ setup(
         (f"share/{PACKAGE}/config/rigs", glob("config/rigs/*.yaml")),
     ],
     install_requires=["setuptools"],
+    extras_require={"ray": ["ray>=2.60,<3"]},  # train-rl --executor ray; `make test` installs it
     zip_safe=True,
     maintainer="vla_driver maintainers",
     maintainer_email="vla-driver@example.com",

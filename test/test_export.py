@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from vla_driver.runtime.export import SPEC_FILE, export_checkpoint
-from vla_driver.runtime.graph_spec import load_graph_specs
+from vla_driver.runtime.graph_spec import load_graph_specs, sample_feeds
 from vla_driver.runtime.loading import load_policy
 from vla_driver.runtime.onnx_ops import unsupported_ops
 from vla_driver.runtime.parity import example_observation, verify_onnx_against_torch
@@ -161,27 +161,51 @@ def test_processes_opening_one_checkpoint_at_once_export_it_once(tiny_checkpoint
     assert not list(ckpt.glob(".onnx-*"))  # no staging folder left behind
 
 
-def test_large_graphs_keep_their_weights_in_one_verified_file_beside_them(tiny_checkpoint, tmp_path, monkeypatch):
-    """Past EXTERNAL_DATA_BYTES (1 GiB: the 0.5 B model's graphs) weights go to NAME.onnx.data; the tiny
-    model crosses a threshold lowered to 1 byte, and the graphs still run, agree and are verified."""
-    import vla_driver.runtime.export as export
+def test_all_graphs_share_one_weights_file_each_tensor_once_mapped_not_copied(exported, tmp_path):
+    """The merged decision and action graphs differ only in attention: the weights file holds the base once,
+    the graphs reference it, ORT gets read-only views of it, and a changed weights file is refused."""
+    from vla_driver.runtime.export import SHARED_WEIGHTS
 
-    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1)
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, ckpt)
-    specs = {s.name: s for s in export_checkpoint(ckpt, ckpt / "onnx")}
-    assert sorted(p.name for p in (ckpt / "onnx").iterdir() if p.suffix == ".data") == sorted(
-        f"{name}.onnx.data" for name in specs)  # one weights file per graph, not one per tensor
+    specs = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
+    assert {s.data_file for s in specs.values()} == {SHARED_WEIGHTS} and len({s.data_sha256 for s in specs.values()}) == 1
+    shared = (exported / "onnx" / SHARED_WEIGHTS).stat().st_size
+    referenced = 0
     for spec in specs.values():
-        assert len(spec.data_sha256) == 64 and spec.data_path(ckpt / "onnx").is_file()
-        assert (ckpt / "onnx" / spec.onnx_file).stat().st_size < spec.data_path(ckpt / "onnx").stat().st_size
-    assert load_graph_specs(ckpt / "onnx" / SPEC_FILE)[0].data_sha256 == specs["decision_scorer"].data_sha256
-    report = verify_onnx_against_torch(ckpt, frames=[example_observation(i) for i in range(3)], generate_tokens=4)
-    assert report["decision_agreement"] == 1.0 and report["max_prob_diff"] <= 1e-4
-    weights = specs["action_planner"].data_path(ckpt / "onnx")
+        graph = onnx.load(str(exported / "onnx" / spec.onnx_file), load_external_data=False)
+        lengths = [int({e.key: e.value for e in t.external_data}["length"]) for t in graph.graph.initializer
+                   if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert lengths and (exported / "onnx" / spec.onnx_file).stat().st_size < 0.1 * sum(lengths)  # the graph alone
+        referenced += sum(lengths)
+    assert shared < 0.6 * referenced  # four graphs' weights, the shared ones stored once
+    from vla_driver.runtime.onnx_backend import OrtSession
+
+    session = OrtSession.for_spec(specs["action_planner"], exported / "onnx")
+    assert len(session._mapped) > 10 and not any(v.numpy().flags.owndata for v in session._mapped[:3])
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(exported, ckpt)
+    weights = ckpt / "onnx" / SHARED_WEIGHTS
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    policy = load_policy(ckpt, backend="onnxruntime")  # re-verified: the planner's weights changed
-    assert policy.backend_name == "torch"
-    assert any("action_planner.onnx.data" in w for w in policy.backend_choice.warnings)
+    policy = load_policy(ckpt, backend="onnxruntime")
+    assert policy.backend_name == "torch" and any(SHARED_WEIGHTS in w for w in policy.backend_choice.warnings)
+
+
+def test_float16_weights_halve_the_graphs_and_still_decide_as_float32_on_onnx_runtime(exported, tmp_path):
+    from vla_driver.runtime.onnx_backend import OrtSession
+
+    specs = {s.name: s for s in export_checkpoint(exported, tmp_path / "fp16", weights="float16")}
+    half, full = (specs["decision_scorer"].data_path(tmp_path / "fp16"), exported / "onnx" / "weights.onnx.data")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    for name, spec in specs.items():
+        weights = [t for t in onnx.load(str(tmp_path / "fp16" / spec.onnx_file), load_external_data=False).graph.initializer
+                   if np.prod(t.dims) >= 16 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+        assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
+    fp32 = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
+    for i in range(4):
+        feeds = {k: v for k, v in sample_feeds(specs["decision_scorer"], seed=i).items()}
+        a = OrtSession.for_spec(specs["decision_scorer"], tmp_path / "fp16").run(feeds)["log_probs"]
+        b = OrtSession.for_spec(fp32["decision_scorer"], exported / "onnx").run(feeds)["log_probs"]
+        assert a.dtype == np.float32 and np.abs(np.exp(a) - np.exp(b)).max() < 1e-2
+    with pytest.raises(ValueError, match="float32 or float16"):
+        export_checkpoint(exported, tmp_path / "bad", weights="int8")

@@ -121,6 +121,17 @@ def test_training_on_a_pretrained_base_moves_the_adapters_and_keeps_the_referenc
     assert not np.allclose(table(load_checkpoint(tmp_path / "tuned")), table(load_checkpoint(referencing)))
 
 
+def test_gradient_checkpointing_trains_the_same_adapters(referencing, tmp_path):
+    record_expert_dataset(tmp_path / "data", ["merge"], [0], rig=FRONT, progress=False)
+    for name, recompute in (("kept", False), ("recomputed", True)):
+        train_sft(tmp_path / "data", tmp_path / name, base_checkpoint=str(referencing), progress=False,
+                  cfg=SFTConfig(action_steps=2, decision_steps=1, batch_size=4, gradient_checkpointing=recompute))
+    for adapter in ("action", "decision"):
+        kept, recomputed = (load_file(str(tmp_path / n / "adapters" / adapter / "adapter_model.safetensors"))
+                            for n in ("kept", "recomputed"))
+        assert all(torch.allclose(kept[k], recomputed[k], atol=1e-6) for k in kept), adapter
+
+
 def test_onnx_runtime_agrees_with_torch_on_a_pretrained_base(referencing):
     torch_policy, ort_policy = load_policy(referencing, "torch"), load_policy(referencing, "onnxruntime")
     assert ort_policy.backend_name == "onnxruntime"

@@ -11,14 +11,19 @@ from collections.abc import Callable
 import numpy as np
 
 
-def time_calls(fn: Callable[[], object], iters: int, warmup: int = 3) -> np.ndarray:
-    """Wall-clock milliseconds of ``iters`` calls after ``warmup`` unmeasured ones."""
+def time_calls(fn: Callable[[], object], iters: int, warmup: int = 3,
+               sync: Callable[[], object] | None = None) -> np.ndarray:
+    """Wall-clock milliseconds of ``iters`` calls after ``warmup`` unmeasured ones; ``sync`` (e.g.
+    ``torch.cuda.synchronize``) waits for a device's queued work inside each timing."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     out = np.empty(iters)
     for i in range(iters):
         start = time.perf_counter()
         fn()
+        sync()
         out[i] = (time.perf_counter() - start) * 1e3
     return out
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from ..core.camera_rig import load_rig
@@ -24,6 +26,7 @@ from ..model.build import build_random_checkpoint
 from ..model.checkpoint import read_manifest, sha256_file
 from ..model.config import VLAConfig
 from ..model.standin import make_llm_standin, make_vision_standin
+from ..runtime.export import SHARED_WEIGHTS, SharedWeights
 from ..runtime.graph_spec import load_graph_specs, save_graph_specs
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
 from ..runtime.onnx_backend import OrtSession
@@ -86,12 +89,19 @@ def quantize_graphs(ckpt: Path) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
+    store = SharedWeights(out / SHARED_WEIGHTS)  # the quantized graphs share their weights as the fp32 ones do
     for spec in specs:
-        quantize_dynamic(src / spec.onnx_file, out / spec.onnx_file, op_types_to_quantize=["MatMul"],
-                         weight_type=QuantType.QInt8, use_external_data_format=bool(spec.data_sha256))
-        data = out / f"{spec.onnx_file}.data"
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            staged = Path(tmp) / spec.onnx_file
+            quantize_dynamic(src / spec.onnx_file, staged, op_types_to_quantize=["MatMul"],
+                             weight_type=QuantType.QInt8, use_external_data_format=True)
+            graph = onnx.load(str(staged))
+        store.externalize(graph)
+        onnx.save_model(graph, str(out / spec.onnx_file))
         spec.onnx_sha256 = sha256_file(out / spec.onnx_file)
-        spec.data_sha256 = sha256_file(data) if data.is_file() else ""
+    data = store.close()
+    for spec in specs:
+        spec.data_file, spec.data_sha256 = data["data_file"], data["data_sha256"]
     shutil.copy(src / "token_embeddings.npy", out / "token_embeddings.npy")
     save_graph_specs(specs, out / "graphs.json")
     (out / "source.sha256").write_text(stamp)

@@ -110,7 +110,8 @@ def _static_problems(spec, onnx_path: Path, allow_recent: bool) -> list[str]:
     problems = list(spec.problems())
     if not onnx_path.is_file():
         return [*problems, f"ONNX file not found: {onnx_path}"]
-    for path, digest in ((onnx_path, spec.onnx_sha256), (spec.data_path(onnx_path.parent), spec.data_sha256)):
+    data = onnx_path.with_name(spec.data_file) if spec.data_file else None
+    for path, digest in ((onnx_path, spec.onnx_sha256), (data, spec.data_sha256)):
         if digest:
             try:
                 verify_file_hash(path, digest)
@@ -204,6 +205,7 @@ def run_build_engine(args) -> int:
 
 def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: int = 2) -> list[dict]:
     reference = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
+                           data_file=onnx.with_name(spec.data_file) if spec.data_file else None,
                            data_sha256=spec.data_sha256 or None)
     rows = compare_runners(reference, TrtRunner(engine, spec), spec, precision)
     for row in rows:
@@ -217,6 +219,7 @@ def _check_ort(spec, onnx: Path, threads: int) -> dict:
     """Load the graph in ONNX Runtime (CPU) and run it at min/opt/max: shapes and finiteness."""
 
     session = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
+                         data_file=onnx.with_name(spec.data_file) if spec.data_file else None,
                          data_sha256=spec.data_sha256 or None)
     problems = []
     for point in PROFILE_POINTS:

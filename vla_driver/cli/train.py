@@ -36,6 +36,8 @@ def register(sub) -> None:
                    help="phase 1 also trains a from-scratch base LLM (ignored for fine-tunes and pretrained LLMs)")
     p.add_argument("--widen-history", action="store_true",
                    help="fine-tune a checkpoint on data with more frames per camera: the model's views grow to them")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory for a large base LLM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.set_defaults(func=train_sft)
@@ -45,11 +47,15 @@ def register(sub) -> None:
     p.add_argument("--out", default="", help="output dir (default: CHECKPOINT/onnx)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--weights", choices=("float32", "float16"), default="float32",
+                   help="float16: weights stored in half precision, read through casts (the input for TensorRT "
+                        "FP16 builds; ONNX Runtime still computes in float32, so `verify` runs it here)")
     p.set_defaults(func=export)
 
 
 def train_sft(args) -> int:
-    cfg = SFTConfig(seed=args.seed, train_base=args.train_base, widen_history=args.widen_history)
+    cfg = SFTConfig(seed=args.seed, train_base=args.train_base, widen_history=args.widen_history,
+                    gradient_checkpointing=args.gradient_checkpointing)
     override_from_args(cfg, args, {n: n for n in ("action_steps", "decision_steps", "decision_weight", "batch_size",
                                                   "threads")})
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -71,6 +77,6 @@ def train_sft(args) -> int:
 def export(args) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else ckpt / "onnx"
-    for spec in export_checkpoint(ckpt, out, args.max_batch, args.max_seq):
+    for spec in export_checkpoint(ckpt, out, args.max_batch, args.max_seq, args.weights):
         print(f"{spec.name:<16} {out / spec.onnx_file}  sha256 {spec.onnx_sha256[:16]}..  adapter {spec.adapter}")
     return 0

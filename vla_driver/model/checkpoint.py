@@ -50,6 +50,7 @@ VIEW_EMBED = "view_embed"  # a rig model's learned embedding of each view (camer
 
 
 ADDED_ROWS = "added_rows.safetensors"
+PLACED_BASE = "pretrained"  # base/pretrained/: a copy of a referenced base placed inside the checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -220,12 +221,20 @@ def verify_checkpoint(ckpt_dir: str | Path) -> dict:
             raise CheckpointError(f"{path}: sha256 {actual[:16]}.. does not match manifest {digest[:16]}.. "
                                   "(file changed or corrupted)")
     if "base" in manifest:
-        _verify_base_reference(manifest["base"])
+        _verify_base_reference(ckpt_dir, manifest["base"])
     return manifest
 
 
-def _verify_base_reference(entry: dict) -> None:
-    root = Path(entry["path"])
+def base_root(ckpt_dir: Path, entry: dict) -> Path:
+    """Where a referenced base is read from: ``<ckpt>/base/pretrained`` when a copy was placed there (a
+    checkpoint shipped to a machine without the original path), else the path it was built from. Either
+    is verified against the same hashes."""
+    local = Path(ckpt_dir) / "base" / PLACED_BASE
+    return local if local.is_dir() else Path(entry["path"])
+
+
+def _verify_base_reference(ckpt_dir: Path, entry: dict) -> None:
+    root = base_root(ckpt_dir, entry)
     if not root.is_dir():
         raise CheckpointError(f"{root}: the pretrained base this checkpoint references is not there "
                               "(copy it to that path, or use a self-contained checkpoint)")
@@ -241,8 +250,8 @@ def _verify_base_reference(entry: dict) -> None:
 
 def _load_referenced_base(ckpt_dir: Path, entry: dict):
     """The referenced pretrained base with the checkpoint's vocabulary size and added rows."""
-    base = AutoModelForCausalLM.from_pretrained(entry["path"], local_files_only=True, dtype=torch.float32,
-                                                use_safetensors=True)
+    base = AutoModelForCausalLM.from_pretrained(base_root(ckpt_dir, entry), local_files_only=True,
+                                                dtype=torch.float32, use_safetensors=True)
     vocab_rows = json.loads((ckpt_dir / "base" / "config.json").read_text())["vocab_size"]
     if base.get_input_embeddings().num_embeddings < vocab_rows:
         base.resize_token_embeddings(vocab_rows, mean_resizing=False)

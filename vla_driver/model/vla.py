@@ -70,6 +70,11 @@ class VLAModel(nn.Module):
         return llm.model
 
     @property
+    def vision_dtype(self) -> torch.dtype:
+        """The vision encoder's weights' dtype (bf16 on a GPU; the small heads stay fp32)."""
+        return next(self.vision.parameters()).dtype
+
+    @property
     def embed_tokens(self) -> nn.Module:
         return self.llm.get_input_embeddings()
 
@@ -87,7 +92,7 @@ class VLAModel(nn.Module):
         else:
             b, v = images.shape[0], 1
         pixels = preprocess_images(images, self.cfg.vision.image_height, self.cfg.vision.image_width)
-        vis = self.vision(pixels)  # (B*V, k, D)
+        vis = self.vision(pixels.to(self.vision_dtype))  # (B*V, k, D)
         if self.cfg.rig is not None:
             vis = vis.reshape(b, v, vis.shape[1], vis.shape[2]) + self.view_embed[:, None, :]
         vis = vis.reshape(b, -1, vis.shape[-1])

@@ -53,6 +53,9 @@ class DecisionGRPO:
         self.device = self.parallel.device
         model.to(self.device)
         self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
+        # the updates' LoRA dropout draws from torch's generator: seeded, the same batches give the same update
+        # whichever executor rolled them out
+        torch.manual_seed(self.parallel.batch_seed(self.cfg.seed))
         self.enc = InputEncoder(model.tokenizer, model.cfg)
         llm = model.llm
         if REFERENCE not in llm.peft_config:

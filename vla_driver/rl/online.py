@@ -98,8 +98,11 @@ def train_rl(from_checkpoint: str | Path, out: str | Path, cfg: TrainRLConfig | 
             for t in tasks:
                 seeds.setdefault(t.scenario, []).append(t.seed)
             t0 = time.perf_counter()
+            replaced = executor.replaced
             results = list(tqdm(executor.map(tasks), total=len(tasks), desc="rollouts", leave=False,
                                 disable=not progress))
+            order = {(t.scenario, t.seed): i for i, t in enumerate(tasks)}
+            results.sort(key=lambda r: order[(r.scenario, r.seed)])  # the update must not depend on who finished first
             rollout_s = time.perf_counter() - t0
             points = [p for r in results for p in r.points]
             order = rng.permutation(len(points))
@@ -108,6 +111,7 @@ def train_rl(from_checkpoint: str | Path, out: str | Path, cfg: TrainRLConfig | 
                 stats = trainer.update([points[i] for i in order[b:b + cfg.batch_size]])
             update_s = time.perf_counter() - t0 - rollout_s
             record = _iteration_record(it, results, points, rollout_s, update_s, stats)
+            record["workers_replaced"] = executor.replaced - replaced
             iterations.append(record)
             for key in history:
                 history[key].append(record.get(key, float("nan")))
@@ -164,4 +168,5 @@ def _report(iterations: list[dict], seconds: float, cfg: TrainRLConfig) -> dict:
         "sim_steps_per_s": sum(r["sim_steps"] for r in iterations) / rollout_s,
         "final_reward_mean": float(np.nanmean([r["reward_mean"] for r in tail])),
         "final_episode_ds": float(np.nanmean([r["episode_ds"] for r in tail])),
+        "workers_replaced": sum(r["workers_replaced"] for r in iterations),
     }

@@ -3,17 +3,28 @@ Each executor holds :class:`~vla_driver.rl.rollout.RolloutWorker` s and yields t
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import multiprocessing
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
+from ..model.checkpoint import PLACED_BASE, base_root, read_manifest
 from .online_config import TrainRLConfig
 from .rollout import RolloutResult, RolloutTask, RolloutWorker
 
+log = logging.getLogger(__name__)
+
 
 class RolloutExecutor(ABC):
-    """Runs rollout tasks on some workers; yields results as they finish (any order)."""
+    """Runs rollout tasks on some workers; yields results as they finish (any order). ``replaced``: workers
+    lost and replaced so far (their rollouts were run again)."""
+
+    replaced = 0
 
     @abstractmethod
     def map(self, tasks: list[RolloutTask]) -> Iterator[RolloutResult]: ...
@@ -76,28 +87,98 @@ class ProcessExecutor(RolloutExecutor):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def pack_checkpoint(checkpoint) -> dict[str, bytes]:
+    """A checkpoint's files as bytes (its ONNX graphs included, its engines and lock files not), and the
+    files of a pretrained base it references under ``base/pretrained/``: everything a worker on another
+    machine needs, with no shared file system."""
+    root = Path(checkpoint)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") or part == "engines" for part in p.relative_to(root).parts)}
+    base = read_manifest(root).get("base")
+    if base:
+        source = base_root(root, base)
+        files.update({f"base/{PLACED_BASE}/{name}": (source / name).read_bytes() for name in base["files"]})
+    return files
+
+
+def unpack_checkpoint(files: dict[str, bytes], dest: Path) -> Path:
+    for rel, data in files.items():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return dest
+
+
+class RayRolloutActor:
+    """A :class:`RolloutWorker` on a Ray node, on its own copy of the checkpoint that came through Ray's
+    object store; the learner's decision adapter comes with each call the same way."""
+
+    def __init__(self, files: dict[str, bytes], cfg: TrainRLConfig):
+        self.tmp = Path(tempfile.mkdtemp(prefix="vla-rollout-"))
+        self.worker = RolloutWorker(str(unpack_checkpoint(files, self.tmp / "checkpoint")), cfg)
+
+    def rollout(self, task: RolloutTask, adapter_state: dict) -> RolloutResult:
+        return self.worker.rollout(dataclasses.replace(task, adapter_state=adapter_state))
+
+    def close(self) -> None:
+        self.worker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 class RayExecutor(RolloutExecutor):
-    """``workers`` Ray actors (a local Ray, or the cluster at ``address``), each a :class:`RolloutWorker`."""
+    """``workers`` Ray actors (a local Ray, or the cluster at ``address``), each a :class:`RayRolloutActor`.
+    The checkpoint goes into the object store once and each iteration's adapter state once per iteration.
+    An actor that dies (killed, node lost) is replaced and its rollout run again; ``replaced`` counts them."""
 
     def __init__(self, checkpoint: str, cfg: TrainRLConfig, workers: int, address: str | None = None):
         try:  # optional: only this executor needs Ray
             import ray
-            from ray.util import ActorPool
         except ImportError:
             raise RuntimeError("--executor ray needs the 'ray' package, which is not installed "
-                               "(pip install 'ray[default]'); use --executor process") from None
+                               "(pip install 'vla_driver[ray]'); use --executor process") from None
         self.ray = ray
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        actor = ray.remote(num_cpus=cfg.threads_per_worker)(RolloutWorker)
-        self.actors = [actor.remote(str(checkpoint), cfg) for _ in range(max(1, workers))]
-        self.pool = ActorPool(self.actors)
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        self.files = ray.put(pack_checkpoint(checkpoint))
+        self.actor_class = ray.remote(num_cpus=cfg.threads_per_worker)(RayRolloutActor)
+        self.cfg = cfg
+        self.actors = [self._start_actor() for _ in range(max(1, workers))]
+
+    def _start_actor(self):
+        return self.actor_class.remote(self.files, self.cfg)
 
     def map(self, tasks):
-        yield from self.pool.map_unordered(lambda a, task: a.rollout.remote(task), tasks)
+        ray = self.ray
+        states = {id(t.adapter_state): t.adapter_state for t in tasks}
+        refs = {key: ray.put(state) for key, state in states.items()}
+        queue, idle, pending = list(tasks), list(self.actors), {}
+        try:
+            while queue or pending:
+                while queue and idle:
+                    actor, task = idle.pop(), queue.pop(0)
+                    light = dataclasses.replace(task, adapter_state=None)
+                    pending[actor.rollout.remote(light, refs[id(task.adapter_state)])] = (actor, task)
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                actor, task = pending.pop(done)
+                try:
+                    result = ray.get(done)
+                except ray.exceptions.RayActorError:  # the actor is gone: a new one runs its rollout again
+                    log.warning("rollout actor died during %s seed %d: replacing it", task.scenario, task.seed)
+                    self.replaced += 1
+                    self.actors.remove(actor)
+                    self.actors.append(self._start_actor())
+                    idle.append(self.actors[-1])
+                    queue.insert(0, task)
+                    continue
+                idle.append(actor)
+                yield result
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
 
     def close(self) -> None:
-        for a in self.actors:
-            self.ray.kill(a)
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.ray.shutdown()
 
 
 def make_executor(checkpoint, cfg: TrainRLConfig, model=None) -> RolloutExecutor:

@@ -56,6 +56,9 @@ class SFTConfig:
     init_decision_from_action: bool = True
     # a fine-tune on data with more frames per camera than the checkpoint sees: grow its views to the data's
     widen_history: bool = False
+    # recompute each decoder layer's activations in the backward pass instead of keeping them: less memory for
+    # a large base (docs/scale.md measures it at 0.5 B), ~30 % more compute
+    gradient_checkpointing: bool = False
     seed: int = 0
     threads: int = 2
 
@@ -174,6 +177,9 @@ class SFTTrainer:
         torch.manual_seed(self.cfg.seed)
         torch.set_num_threads(self.cfg.threads)
         self.model.to(self.device).train()
+        base = self.model.llm.get_base_model()
+        if self.cfg.gradient_checkpointing:  # non-reentrant: gradients reach the LoRA weights of a frozen base
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         start = time.time()
         action = ("action", 1.0, lambda idx: (self.action_loss(idx), {}))
         decision = ("decision", 1.0, self._decision_objective)
@@ -188,6 +194,8 @@ class SFTTrainer:
         self._phase("decision", self.cfg.decision_steps, opt, [decision], progress)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if self.cfg.gradient_checkpointing:
+            base.gradient_checkpointing_disable()
         self.model.to("cpu").eval()
         return {
             "seconds": time.time() - start,

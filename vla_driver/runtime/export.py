@@ -12,6 +12,7 @@ Exported with an example sequence length >= 2 so the sequence axis stays dynamic
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -28,15 +29,17 @@ from .. import __version__
 from ..core.types import CAMERA_SIZE, Observation
 from ..core.vocabulary import Decision
 from ..model.checkpoint import load_checkpoint, sha256_file
-from .graph_spec import GraphSpec, TensorSpec, data_file_of, save_graph_specs
+from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
 from .policy import TorchPolicy
 
 log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
-EXTERNAL_DATA_BYTES = 1 << 30
-GRAPH_FORMAT = 4  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
-# 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only)
+SHARED_WEIGHTS = "weights.onnx.data"
+PAGE = 4096  # tensor offsets in the weights file: page-aligned, so each maps without a copy
+GRAPH_FORMAT = 5  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
+# 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only,
+# 5: every graph's weights in one shared weights.onnx.data)
 
 
 def exporter_id() -> str:
@@ -83,28 +86,74 @@ class DecoderStep(nn.Module):
         return (out.logits, *present)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict):
-    """Write ``path``; a graph with more than ``EXTERNAL_DATA_BYTES`` of weights keeps them in one
-    ``<path>.data`` beside it (torch's exporter would write one file per tensor past protobuf's 2 GiB)."""
+class SharedWeights:
+    """The one weights file of an export (ONNX external data, ``weights.onnx.data``): every graph's tensors
+    of ``min_bytes`` or more, each distinct tensor once at a page-aligned offset. The two merged adapters'
+    graphs differ only in their attention projections, so the base is stored once; the runtime maps the
+    file read-only and every graph and node process shares its pages (``OrtSession``)."""
+
+    def __init__(self, path: Path, min_bytes: int = 1024):
+        self.path, self.min_bytes = path, min_bytes
+        self.file = open(path, "wb")
+        self.offsets: dict[bytes, tuple[int, int]] = {}
+
+    def externalize(self, graph: onnx.ModelProto) -> None:
+        """Move ``graph``'s large tensors into the file; the graph keeps references (location, offset)."""
+        for tensor in graph.graph.initializer:
+            raw = onnx.numpy_helper.to_array(tensor).tobytes()
+            if len(raw) < self.min_bytes:
+                continue
+            key = hashlib.sha256(raw).digest() + repr((tensor.data_type, tuple(tensor.dims))).encode()
+            if key not in self.offsets:
+                offset = -(-self.file.seek(0, 2) // PAGE) * PAGE
+                self.file.seek(offset)
+                self.file.write(raw)
+                self.offsets[key] = (offset, len(raw))
+            offset, length = self.offsets[key]
+            onnx.external_data_helper.set_external_data(tensor, SHARED_WEIGHTS, offset, length)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+
+    def close(self) -> dict:
+        """The spec fields every graph of the export gets."""
+        self.file.close()
+        self.path.chmod(0o644)
+        return {"data_file": self.path.name, "data_sha256": sha256_file(self.path)}
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict,
+            store: SharedWeights, weights: str = "float32") -> None:
+    """Write ``path`` with its weights in ``store`` (torch alone would write one file per tensor past
+    protobuf's 2 GiB). ``weights="float16"``: see :func:`store_weights_fp16`."""
     with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(staged), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        if sum(f.stat().st_size for f in Path(tmp).iterdir()) < EXTERNAL_DATA_BYTES:
-            staged.replace(path)
-            return
         graph = onnx.load(str(staged))  # with any per-tensor files torch wrote
-        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_file_of(path).name, size_threshold=1024)
-        data_file_of(path).chmod(0o644)  # onnx writes it private; the nodes may run as another user
+    if weights == "float16":
+        store_weights_fp16(graph)
+    store.externalize(graph)
+    onnx.save_model(graph, str(path))
 
 
-def _hashes(path: Path) -> dict:
-    """The spec's hash fields of one written graph (and of its external weights, if it has them)."""
-    data = data_file_of(path)
-    return {"onnx_sha256": sha256_file(path), **({"data_sha256": sha256_file(data)} if data.is_file() else {})}
+def store_weights_fp16(graph: onnx.ModelProto, min_elements: int = 16) -> None:
+    """Store every float32 weight of ``min_elements`` or more as float16 (clipped to its range), read
+    through a Cast back to float32: half the bytes, the input TensorRT's FP16 build wants, while ONNX
+    Runtime's CPU kernels still compute in float32 (so the graph stays verifiable here)."""
+    casts = []
+    for tensor in graph.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT or int(np.prod(tensor.dims)) < min_elements:
+            continue
+        name = tensor.name
+        half = np.clip(onnx.numpy_helper.to_array(tensor), -65504, 65504).astype(np.float16)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(half, f"{name}.fp16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}.fp16"], [name], name=f"{name}.to_fp32",
+                                           to=onnx.TensorProto.FLOAT))
+    nodes = [*casts, *graph.graph.node]  # weights come first: the graph stays topologically sorted
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
 
 
 def example_inputs(policy, batch: int = 1):
@@ -138,8 +187,11 @@ def _image_specs(max_batch: int, cfg) -> tuple[dict, dict, dict]:
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch: int = 8,
-                      max_seq: int = 256) -> list[GraphSpec]:
-    """Write the ONNX graphs + ``graphs.json`` (+ hashes) for a checkpoint. Returns the specs."""
+                      max_seq: int = 256, weights: str = "float32") -> list[GraphSpec]:
+    """Write the ONNX graphs + ``graphs.json`` (+ hashes) for a checkpoint. Returns the specs.
+    ``weights="float16"`` stores the weights in half precision (``store_weights_fp16``) for TensorRT."""
+    if weights not in ("float32", "float16"):
+        raise ValueError(f"weights must be float32 or float16, got {weights!r}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(checkpoint_dir)
@@ -156,6 +208,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
     }
     dyn = {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "lengths": {0: "batch"}}
     specs = []
+    store = SharedWeights(out_dir / SHARED_WEIGHTS)
     for name, adapter, wrapper, ids, lengths, out_name, out_shape, min_seq in (
         ("decision_scorer", "decision", DecisionScorer, dec_ids, dec_len, "log_probs", ("batch", s, p), dec_len.min()),
         ("action_planner", "action", ActionPlanner, act_ids, act_len, "trajectories", ("batch", s, n, 3),
@@ -165,23 +218,24 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
         merged = model.merged_copy(adapter)
         path = out_dir / f"{name}.onnx"
         _export(wrapper(merged), (images, ego, ids, lengths), path, ["images", "ego", "input_ids", "lengths"],
-                [out_name], {**dyn, out_name: {0: "batch"}})
+                [out_name], {**dyn, out_name: {0: "batch"}}, store, weights)
         profiles = {**img_profiles, "input_ids": ((1, int(min_seq)), (1, int(ids.shape[1])), (max_batch, max_seq)),
                     "lengths": ((1,), (1,), (max_batch,))}
         specs.append(GraphSpec(name, path.name, {**img_inputs, **seq_inputs},
                                {out_name: TensorSpec("float32", out_shape)}, profiles, checkpoint_sha256=ckpt_sha,
-                               adapter=adapter, **_hashes(path)).validate())
+                               adapter=adapter, onnx_sha256=sha256_file(path)).validate())
         log.info("exported %s in %.1f s", name, time.perf_counter() - start)
     specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
-                             max_batch, max_seq, img_inputs, img_profiles, img_axes)
+                             max_batch, max_seq, img_inputs, img_profiles, img_axes, store, weights)
+    data = store.close()
     for spec in specs:
-        spec.exporter = exporter_id()
+        spec.exporter, spec.data_file, spec.data_sha256 = exporter_id(), data["data_file"], data["data_sha256"]
     save_graph_specs(specs, out_dir / SPEC_FILE)
     return specs
 
 
 def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_seq, img_inputs, img_profiles,
-                    img_axes):
+                    img_axes, store, weights):
     merged = model.merged_copy("decision")
     llm = merged.llm
     cfg = llm.config
@@ -192,13 +246,14 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
 
     path = out_dir / "prompt_embedder.onnx"
     _export(PromptEmbedder(merged), (images, ego, ids), path, ["images", "ego", "input_ids"], ["inputs_embeds"],
-            {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}})
+            {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}}, store,
+            weights)
     specs.append(GraphSpec(
         "prompt_embedder", path.name,
         {**img_inputs, "input_ids": TensorSpec("int64", ("batch", "seq"), (0, len(model.tokenizer) - 1))},
         {"inputs_embeds": TensorSpec("float32", ("batch", "seq", hidden))},
         {**img_profiles, "input_ids": ((1, ids.shape[1]), (1, ids.shape[1]), (max_batch, max_seq))},
-        checkpoint_sha256=ckpt_sha, adapter="decision", **_hashes(path)).validate())
+        checkpoint_sha256=ckpt_sha, adapter="decision", onnx_sha256=sha256_file(path)).validate())
 
     with torch.no_grad():
         embeds = merged.embed_prompt(images, ego, ids)
@@ -218,7 +273,8 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
     dyn.update({k: {0: "batch", 2: "total"} for k in names_present})
     path = out_dir / "decoder_step.onnx"
     _export(DecoderStep(llm, layers), (step_embeds, mask, pos, *past), path,
-            ["inputs_embeds", "attention_mask", "position_ids", *names_past], ["logits", *names_present], dyn)
+            ["inputs_embeds", "attention_mask", "position_ids", *names_past], ["logits", *names_present], dyn,
+            store, weights)
     kv = ("batch", kv_heads, "past", head_dim)
     inputs = {"inputs_embeds": TensorSpec("float32", ("batch", "seq", hidden)),
               "attention_mask": TensorSpec("int64", ("batch", "total"), (1, 1)),
@@ -232,6 +288,6 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
                 "position_ids": ((1, 1), (1, 1), (max_batch, max_seq))}
     profiles.update({k: kv_prof for k in names_past})
     specs.append(GraphSpec("decoder_step", path.name, inputs, outputs, profiles, checkpoint_sha256=ckpt_sha,
-                           adapter="decision", **_hashes(path)))
+                           adapter="decision", onnx_sha256=sha256_file(path)))
     np.save(out_dir / "token_embeddings.npy", llm.get_input_embeddings().weight.detach().numpy())
     return specs

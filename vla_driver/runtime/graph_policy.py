@@ -54,7 +54,8 @@ class GraphPolicy:
                      sample: bool = False, rng: np.random.Generator | None = None) -> list[int]:
         """Greedy (or sampled) decoding with the exported KV-cache step."""
         if self._token_embeddings is None:
-            self._token_embeddings = np.load(self._graph_dir / "token_embeddings.npy", allow_pickle=False)
+            self._token_embeddings = np.load(self._graph_dir / "token_embeddings.npy", allow_pickle=False,
+                                             mmap_mode="r")  # rows are read as tokens come; pages are shared
         enc = self.encoder
         embeds = self.runners["prompt_embedder"].run({
             "images": enc.images([obs]).numpy(), "ego": enc.ego([obs]).numpy(),

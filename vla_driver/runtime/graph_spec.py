@@ -63,12 +63,6 @@ def _shape_triplet(value: Sequence[Sequence[int]]) -> tuple[Shape, Shape, Shape]
     return lo, opt, hi
 
 
-def data_file_of(onnx_path: str | Path) -> Path:
-    """Where a graph's external weights live: ``NAME.onnx.data`` beside ``NAME.onnx``."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name + ".data")
-
-
 @dataclass
 class GraphSpec:
     """One exported graph (e.g. "decision_scorer", "action_planner", "decoder_step").
@@ -76,8 +70,8 @@ class GraphSpec:
     ``onnx_file`` is relative to the directory of the spec file (or absolute). ``checkpoint_sha256`` and
     ``adapter`` name the weights the graph was exported from; they go into every engine key built from it.
     ``exporter`` names the code that wrote the graph, so graphs from older exporter code are not reused.
-    ``data_sha256`` is set for a graph whose weights live beside it in ``<onnx_file>.data`` (ONNX external
-    data: protobuf cannot hold more than 2 GiB), and that file is verified as the graph is.
+    ``data_file`` names the file beside it that holds its weights (ONNX external data; one file that every
+    graph of a checkpoint shares, each distinct tensor once); ``data_sha256`` verifies it as the graph is.
     """
 
     name: str
@@ -89,6 +83,7 @@ class GraphSpec:
     checkpoint_sha256: str = ""
     adapter: str = ""
     exporter: str = ""
+    data_file: str = ""
     data_sha256: str = ""
 
     def __post_init__(self) -> None:
@@ -157,7 +152,7 @@ class GraphSpec:
 
     def data_path(self, base_dir: str | Path = ".") -> Path | None:
         """The external weights file, or None for a graph that holds its weights."""
-        return data_file_of(self.onnx_path(base_dir)) if self.data_sha256 else None
+        return self.onnx_path(base_dir).with_name(self.data_file) if self.data_file else None
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -168,7 +163,7 @@ class GraphSpec:
             "checkpoint_sha256": self.checkpoint_sha256,
             "adapter": self.adapter,
             "exporter": self.exporter,
-            **({"data_sha256": self.data_sha256} if self.data_sha256 else {}),
+            **({"data_file": self.data_file, "data_sha256": self.data_sha256} if self.data_file else {}),
             "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "profiles": {k: [list(s) for s in v] for k, v in self.profiles.items()},
@@ -187,6 +182,7 @@ class GraphSpec:
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 adapter=str(data.get("adapter", "")),
                 exporter=str(data.get("exporter", "")),
+                data_file=str(data.get("data_file", "")),
                 data_sha256=str(data.get("data_sha256", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:

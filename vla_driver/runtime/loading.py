@@ -103,6 +103,7 @@ def ensure_exported(path: Path, checkpoint_sha: str) -> dict:
         staging = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path))
         try:
             specs = {s.name: s for s in export.export_checkpoint(path, staging)}
+            staging.chmod(0o755)  # mkdtemp makes it private; the nodes may run as another user
             shutil.rmtree(path / "onnx", ignore_errors=True)
             staging.rename(path / "onnx")
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine_cache import verify_file_hash
-from .graph_spec import GraphSpec, data_file_of
+from .graph_spec import GraphSpec
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -49,6 +49,28 @@ def select_providers(requested: str | Sequence[str], available: Sequence[str]) -
     return chosen
 
 
+def map_external_weights(onnx_path: Path, data_file: Path, options) -> list:
+    """Hand ONNX Runtime the graph's weights in ``data_file`` as read-only views of one memory map of it
+    (``SessionOptions.add_initializer``, no copy): the graphs of a checkpoint, and the node processes that
+    load them, then share one set of pages instead of each reading its own copy. Returns the values, which
+    must live as long as the session."""
+    import onnx
+    import onnxruntime as ort
+
+    pages = np.memmap(data_file, dtype=np.uint8, mode="r")
+    values = []
+    for tensor in onnx.load(str(onnx_path), load_external_data=False).graph.initializer:
+        where = {e.key: e.value for e in tensor.external_data}
+        if tensor.data_location != onnx.TensorProto.EXTERNAL or where.get("location") != data_file.name:
+            continue
+        offset, length = int(where.get("offset", 0)), int(where["length"])
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        view = pages[offset:offset + length].view(dtype).reshape(tuple(tensor.dims))
+        values.append(ort.OrtValue.ortvalue_from_numpy(view))
+        options.add_initializer(tensor.name, values[-1])
+    return values
+
+
 class OrtSession:
     """One ONNX graph in ONNX Runtime. ``run({name: array}) -> {name: array}``; no model knowledge.
 
@@ -58,14 +80,14 @@ class OrtSession:
 
     def __init__(self, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 2,
                  providers: str | Sequence[str] = "auto", trt_cache_dir: str | Path | None = None,
-                 data_sha256: str | None = None):
+                 data_file: str | Path | None = None, data_sha256: str | None = None):
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {self.path}")
         if expected_sha256:
             verify_file_hash(self.path, expected_sha256)
-        if data_sha256:
-            verify_file_hash(data_file_of(self.path), data_sha256)
+        if data_file and data_sha256:
+            verify_file_hash(data_file, data_sha256)
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -77,6 +99,7 @@ class OrtSession:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._mapped = map_external_weights(self.path, Path(data_file), options) if data_file else []
         chosen = select_providers(providers, ort.get_available_providers())
         provider_args: list = []
         for name in chosen:
@@ -97,9 +120,9 @@ class OrtSession:
     @classmethod
     def for_spec(cls, spec: GraphSpec, base_dir: str | Path, threads: int = 2,
                  providers: str | Sequence[str] = "auto") -> OrtSession:
-        """The graph of ``spec`` in ``base_dir``, its file and any external weights verified by hash."""
+        """The graph of ``spec`` in ``base_dir``, its file and its weights file verified by hash."""
         return cls(spec.onnx_path(base_dir), spec.onnx_sha256 or None, threads, providers,
-                   data_sha256=spec.data_sha256 or None)
+                   data_file=spec.data_path(base_dir), data_sha256=spec.data_sha256 or None)
 
     @property
     def input_names(self) -> list[str]:

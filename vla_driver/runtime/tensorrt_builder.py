@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .engine_cache import PRECISIONS, engine_filename, file_sha256, verify_file_hash, write_manifest
-from .graph_spec import GraphSpec, data_file_of
+from .graph_spec import GraphSpec
 from .onnx_ops import has_qdq
 from .tensorrt_env import cuda_torch, import_tensorrt, runtime_engine_key
 
@@ -173,8 +173,8 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, spec: GraphSpec, p
         raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
     if spec.onnx_sha256:
         verify_file_hash(onnx_path, spec.onnx_sha256)
-    if spec.data_sha256:  # parse_from_file reads the external weights from beside the graph
-        verify_file_hash(data_file_of(onnx_path), spec.data_sha256)
+    if spec.data_file and spec.data_sha256:  # parse_from_file reads the weights file beside the graph
+        verify_file_hash(onnx_path.with_name(spec.data_file), spec.data_sha256)
     trt = import_tensorrt()
     key = runtime_engine_key(spec, precision, checkpoint_sha256, adapter)
     if not key.checkpoint_sha256:
