@@ -44,6 +44,18 @@ def test_onnxruntime_matches_torch(exported):
     assert report["generate_token_identical"] and report["generated_tokens"] == 12
 
 
+def test_the_thinking_graphs_open_only_when_the_policy_thinks(exported):
+    """Every ORT session keeps its own packed copy of its weights: a node that never thinks never pays for
+    the decoding graphs."""
+    policy = load_policy(exported, backend="onnxruntime")
+    assert set(policy.runners.open) == {"decision_scorer", "action_planner"}
+    policy.decide(example_observation(0))
+    assert set(policy.runners.open) == {"decision_scorer", "action_planner"}
+    policy.decide(example_observation(0), think=True)
+    assert set(policy.runners.open) == set(policy.runners) == {"decision_scorer", "action_planner",
+                                                                "prompt_embedder", "decoder_step"}
+
+
 def test_auto_picks_onnxruntime_without_tensorrt(exported):
     policy = load_policy(exported, backend="auto")
     assert policy.backend_name == "onnxruntime"
@@ -161,9 +173,9 @@ def test_processes_opening_one_checkpoint_at_once_export_it_once(tiny_checkpoint
     assert not list(ckpt.glob(".onnx-*"))  # no staging folder left behind
 
 
-def test_all_graphs_share_one_weights_file_each_tensor_once_mapped_not_copied(exported, tmp_path):
+def test_all_graphs_share_one_weights_file_each_tensor_once(exported, tmp_path):
     """The merged decision and action graphs differ only in attention: the weights file holds the base once,
-    the graphs reference it, ORT gets read-only views of it, and a changed weights file is refused."""
+    the graphs reference it, and a changed weights file is refused at load."""
     from vla_driver.runtime.export import SHARED_WEIGHTS
 
     specs = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
@@ -177,10 +189,6 @@ def test_all_graphs_share_one_weights_file_each_tensor_once_mapped_not_copied(ex
         assert lengths and (exported / "onnx" / spec.onnx_file).stat().st_size < 0.1 * sum(lengths)  # the graph alone
         referenced += sum(lengths)
     assert shared < 0.6 * referenced  # four graphs' weights, the shared ones stored once
-    from vla_driver.runtime.onnx_backend import OrtSession
-
-    session = OrtSession.for_spec(specs["action_planner"], exported / "onnx")
-    assert len(session._mapped) > 10 and not any(v.numpy().flags.owndata for v in session._mapped[:3])
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exported, ckpt)
     weights = ckpt / "onnx" / SHARED_WEIGHTS
@@ -192,7 +200,7 @@ def test_all_graphs_share_one_weights_file_each_tensor_once_mapped_not_copied(ex
 
 
 def test_float16_weights_halve_the_graphs_and_still_decide_as_float32_on_onnx_runtime(exported, tmp_path):
-    from vla_driver.runtime.onnx_backend import OrtSession
+    from vla_driver.runtime.onnx_backend import OrtSessions
 
     specs = {s.name: s for s in export_checkpoint(exported, tmp_path / "fp16", weights="float16")}
     half, full = (specs["decision_scorer"].data_path(tmp_path / "fp16"), exported / "onnx" / "weights.onnx.data")
@@ -204,8 +212,8 @@ def test_float16_weights_halve_the_graphs_and_still_decide_as_float32_on_onnx_ru
     fp32 = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
     for i in range(4):
         feeds = {k: v for k, v in sample_feeds(specs["decision_scorer"], seed=i).items()}
-        a = OrtSession.for_spec(specs["decision_scorer"], tmp_path / "fp16").run(feeds)["log_probs"]
-        b = OrtSession.for_spec(fp32["decision_scorer"], exported / "onnx").run(feeds)["log_probs"]
+        a = OrtSessions(specs, tmp_path / "fp16")["decision_scorer"].run(feeds)["log_probs"]
+        b = OrtSessions(fp32, exported / "onnx")["decision_scorer"].run(feeds)["log_probs"]
         assert a.dtype == np.float32 and np.abs(np.exp(a) - np.exp(b)).max() < 1e-2
     with pytest.raises(ValueError, match="float32 or float16"):
         export_checkpoint(exported, tmp_path / "bad", weights="int8")

@@ -29,7 +29,7 @@ from ..model.standin import make_llm_standin, make_vision_standin
 from ..runtime.export import SHARED_WEIGHTS, SharedWeights
 from ..runtime.graph_spec import load_graph_specs, save_graph_specs
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
-from ..runtime.onnx_backend import OrtSession
+from ..runtime.onnx_backend import OrtSessions
 from . import emit, peak_rss_mb, percentiles, time_calls
 from .backends import frame_for_bench
 
@@ -113,7 +113,7 @@ def _policy(backend: str, ckpt: Path, threads: int):
         return load_policy(ckpt, backend, threads=threads)
     graphs = ckpt / INT8_DIR
     specs = {s.name: s for s in load_graph_specs(graphs / "graphs.json")}
-    runners = {n: OrtSession.for_spec(s, graphs, threads) for n, s in specs.items()}
+    runners = OrtSessions(specs, graphs, threads)
     return graph_policy(runners, specs, graphs, read_manifest(ckpt), backend, ckpt)
 
 

@@ -89,8 +89,8 @@ class DecoderStep(nn.Module):
 class SharedWeights:
     """The one weights file of an export (ONNX external data, ``weights.onnx.data``): every graph's tensors
     of ``min_bytes`` or more, each distinct tensor once at a page-aligned offset. The two merged adapters'
-    graphs differ only in their attention projections, so the base is stored once; the runtime maps the
-    file read-only and every graph and node process shares its pages (``OrtSession``)."""
+    graphs differ only in their attention projections, so the base is stored once on disk; ONNX Runtime
+    maps the aligned tensors it does not repack (``OrtSessions``)."""
 
     def __init__(self, path: Path, min_bytes: int = 1024):
         self.path, self.min_bytes = path, min_bytes

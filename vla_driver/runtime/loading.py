@@ -22,7 +22,7 @@ from . import export
 from .backend_select import resolve_backend
 from .graph_policy import GraphPolicy
 from .graph_spec import load_graph_specs
-from .onnx_backend import OrtSession
+from .onnx_backend import OrtSessions
 from .policy import TorchPolicy
 from .tensorrt_runner import open_engine
 
@@ -70,7 +70,7 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
         if specs:
             engines_ok, runners, details = open_engines(path / "engines", specs, precision, allow_rebuild)
             try:
-                ort_runners = {name: OrtSession.for_spec(s, path / "onnx", threads) for name, s in specs.items()}
+                ort_runners = OrtSessions(specs, path / "onnx", threads)
             except Exception as err:
                 warnings.append(f"ONNX Runtime cannot load the graphs: {err}")
     choice = resolve_backend(backend, engines_ok, bool(ort_runners), details=details)

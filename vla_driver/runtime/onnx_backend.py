@@ -49,28 +49,6 @@ def select_providers(requested: str | Sequence[str], available: Sequence[str]) -
     return chosen
 
 
-def map_external_weights(onnx_path: Path, data_file: Path, options) -> list:
-    """Hand ONNX Runtime the graph's weights in ``data_file`` as read-only views of one memory map of it
-    (``SessionOptions.add_initializer``, no copy): the graphs of a checkpoint, and the node processes that
-    load them, then share one set of pages instead of each reading its own copy. Returns the values, which
-    must live as long as the session."""
-    import onnx
-    import onnxruntime as ort
-
-    pages = np.memmap(data_file, dtype=np.uint8, mode="r")
-    values = []
-    for tensor in onnx.load(str(onnx_path), load_external_data=False).graph.initializer:
-        where = {e.key: e.value for e in tensor.external_data}
-        if tensor.data_location != onnx.TensorProto.EXTERNAL or where.get("location") != data_file.name:
-            continue
-        offset, length = int(where.get("offset", 0)), int(where["length"])
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        view = pages[offset:offset + length].view(dtype).reshape(tuple(tensor.dims))
-        values.append(ort.OrtValue.ortvalue_from_numpy(view))
-        options.add_initializer(tensor.name, values[-1])
-    return values
-
-
 class OrtSession:
     """One ONNX graph in ONNX Runtime. ``run({name: array}) -> {name: array}``; no model knowledge.
 
@@ -99,7 +77,6 @@ class OrtSession:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._mapped = map_external_weights(self.path, Path(data_file), options) if data_file else []
         chosen = select_providers(providers, ort.get_available_providers())
         provider_args: list = []
         for name in chosen:
@@ -116,13 +93,6 @@ class OrtSession:
         self.providers: list[str] = self.session.get_providers()
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-
-    @classmethod
-    def for_spec(cls, spec: GraphSpec, base_dir: str | Path, threads: int = 2,
-                 providers: str | Sequence[str] = "auto") -> OrtSession:
-        """The graph of ``spec`` in ``base_dir``, its file and its weights file verified by hash."""
-        return cls(spec.onnx_path(base_dir), spec.onnx_sha256 or None, threads, providers,
-                   data_file=spec.data_path(base_dir), data_sha256=spec.data_sha256 or None)
 
     @property
     def input_names(self) -> list[str]:
@@ -141,3 +111,41 @@ class OrtSession:
         names = list(outputs) if outputs is not None else self.output_names
         values = self.session.run(names, prepared)
         return dict(zip(names, values, strict=True))
+
+
+THINKING_GRAPHS = ("prompt_embedder", "decoder_step")
+
+
+class OrtSessions(Mapping):
+    """The ONNX Runtime sessions of one export, by graph name. Every file is verified by hash at once (the
+    shared weights file once). The graphs only slow thinking uses open on first use: each session keeps its
+    own packed copy of its MatMul weights (ORT's prepacking, worth 2x in latency here), so a graph never run
+    costs no memory. The weights file's offsets are page-aligned, so ORT maps the tensors it does not pack
+    (the embeddings) instead of reading them, shared by every session and process."""
+
+    def __init__(self, specs: Mapping[str, GraphSpec], graph_dir: str | Path, threads: int = 2,
+                 providers: str | Sequence[str] = "auto", lazy: Sequence[str] = THINKING_GRAPHS):
+        self.specs, self.dir, self.threads, self.providers = dict(specs), Path(graph_dir), threads, providers
+        verified: set[Path] = set()
+        for spec in self.specs.values():
+            if spec.onnx_sha256:
+                verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
+            data = spec.data_path(self.dir)
+            if data is not None and spec.data_sha256 and data not in verified:
+                verify_file_hash(data, spec.data_sha256)
+                verified.add(data)
+        self.open = {name: self._session(name) for name in self.specs if name not in lazy}
+
+    def _session(self, name: str) -> OrtSession:
+        return OrtSession(self.specs[name].onnx_path(self.dir), None, self.threads, self.providers)
+
+    def __getitem__(self, name: str) -> OrtSession:
+        if name not in self.open:
+            self.open[name] = self._session(name)
+        return self.open[name]
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..core.types import CAMERA_SIZE, Observation
@@ -14,7 +13,7 @@ from ..model.checkpoint import load_checkpoint, sha256_file, verify_checkpoint
 from .export import SPEC_FILE
 from .graph_spec import load_graph_specs
 from .loading import graph_policy
-from .onnx_backend import OrtSession
+from .onnx_backend import OrtSessions
 from .policy import TorchPolicy
 
 SYNTHETIC_FRAMES = 16
@@ -45,7 +44,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
     stale = [n for n, s in specs.items() if s.checkpoint_sha256 != sha256_file(checkpoint_dir / "manifest.json")]
     if stale:
         raise ValueError(f"graphs {stale} in {onnx_dir} were exported from another checkpoint")
-    runners = {n: OrtSession.for_spec(s, onnx_dir, threads) for n, s in specs.items()}
+    runners = OrtSessions(specs, onnx_dir, threads)
     ort = graph_policy(runners, specs, onnx_dir, manifest, "onnxruntime", checkpoint_dir)
     ref = TorchPolicy(load_checkpoint(checkpoint_dir))
     frames = [example_observation(i) for i in range(SYNTHETIC_FRAMES)] if frames is None else list(frames)
@@ -67,14 +66,7 @@ def verify_onnx_against_torch(checkpoint_dir: str | Path, onnx_dir: str | Path |
         max_traj = max(max_traj, float(np.abs(ta - tb).max()))
     obs = frames[0]
     prompt = ref.encoder.prompt_ids(obs) + ref.encoder.ids("<think>")
-    ids = torch.tensor([prompt])
-    with torch.inference_mode():
-        ref.model.select_adapter("decision")
-        embeds = ref.model.embed_prompt(ref.encoder.images([obs]), ref.encoder.ego([obs]), ids)
-        tok = ref.model.tokenizer
-        expected = ref.model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                          max_new_tokens=generate_tokens, min_new_tokens=generate_tokens,
-                                          do_sample=False, pad_token_id=tok.pad_token_id)[0].tolist()
+    expected = ref.generate_ids(obs, prompt, generate_tokens, stop_ids=set())
     got = ort.generate_ids(obs, prompt, generate_tokens, stop_ids=set())
     report = {"frames": n, "decision_agreement": agree / max(n, 1), "max_prob_diff": max_prob,
               "max_traj_diff_m": max_traj, "generate_token_identical": got == expected,
