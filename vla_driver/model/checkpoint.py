@@ -212,17 +212,27 @@ def verify_checkpoint(ckpt_dir: str | Path) -> dict:
     for p in ckpt_dir.rglob("*"):
         if p.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(f"{p}: pickle-based weight files are refused; use safetensors")
-    for rel, digest in manifest.get("files", {}).items():
-        path = ckpt_dir / rel
+    _verify_hashes(ckpt_dir, manifest.get("files", {}), "the manifest", "file changed or corrupted")
+    if "base" in manifest:
+        root = base_root(ckpt_dir, manifest["base"])
+        if not root.is_dir():
+            raise CheckpointError(f"{root}: the pretrained base this checkpoint references is not there "
+                                  "(copy it to that path, or use a self-contained checkpoint)")
+        _verify_hashes(root, manifest["base"]["files"], "the referenced base",
+                       "not the referenced base: a different or changed model")
+    return manifest
+
+
+def _verify_hashes(root: Path, files: dict, listed_in: str, why: str) -> None:
+    """Each file of ``files`` (relative path -> sha256) is under ``root`` with that hash."""
+    for rel, digest in files.items():
+        path = root / rel
         if not path.is_file():
-            raise CheckpointError(f"{path}: listed in the manifest but missing")
+            raise CheckpointError(f"{path}: listed in {listed_in} but missing")
         actual = sha256_file(path)
         if actual != digest:
-            raise CheckpointError(f"{path}: sha256 {actual[:16]}.. does not match manifest {digest[:16]}.. "
-                                  "(file changed or corrupted)")
-    if "base" in manifest:
-        _verify_base_reference(ckpt_dir, manifest["base"])
-    return manifest
+            raise CheckpointError(f"{path}: sha256 {actual[:16]}.. does not match {listed_in}'s {digest[:16]}.. "
+                                  f"({why})")
 
 
 def base_root(ckpt_dir: Path, entry: dict) -> Path:
@@ -231,21 +241,6 @@ def base_root(ckpt_dir: Path, entry: dict) -> Path:
     is verified against the same hashes."""
     local = Path(ckpt_dir) / "base" / PLACED_BASE
     return local if local.is_dir() else Path(entry["path"])
-
-
-def _verify_base_reference(ckpt_dir: Path, entry: dict) -> None:
-    root = base_root(ckpt_dir, entry)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: the pretrained base this checkpoint references is not there "
-                              "(copy it to that path, or use a self-contained checkpoint)")
-    for name, digest in entry["files"].items():
-        path = root / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: a file of the referenced pretrained base is missing")
-        actual = sha256_file(path)
-        if actual != digest:
-            raise CheckpointError(f"{path}: sha256 {actual[:16]}.. is not the referenced base's "
-                                  f"{digest[:16]}.. (a different or changed model)")
 
 
 def _load_referenced_base(ckpt_dir: Path, entry: dict):
