@@ -126,15 +126,16 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
         enc = policy.encoder
         rows = enc.decision_rows([obs])[0]
         new_tokens = len(enc.ids(f"{policy.vocab.speeds[0]}, {policy.vocab.paths[0]}</answer>"))
-        decide = time_calls(lambda: policy.decision_table([obs]), iters, warmup=1)
         result = {
             "backend": policy.backend_name, "prompt_tokens": len(rows),
-            "decision": percentiles(decide),
-            "generate": percentiles(time_calls(lambda: policy.generate_ids(obs, rows, new_tokens, set()), iters,
-                                               warmup=1)),
+            "decision": percentiles(time_calls(lambda: policy.decision_table([obs]), iters, warmup=1)),
             "plan": percentiles(time_calls(lambda: policy.trajectory_modes([obs], [decision]), iters, warmup=1)),
             "cycle": percentiles(time_calls(lambda: policy.plan(obs, policy.decide(obs).decision), iters, warmup=1)),
         }
+        result["peak_rss_mb"] = peak_rss_mb()  # what a driving node holds: decide and plan, no thinking graphs
+        result["generate"] = percentiles(time_calls(lambda: policy.generate_ids(obs, rows, new_tokens, set()), iters,
+                                                    warmup=1))
+        result["peak_rss_thinking_mb"] = peak_rss_mb()  # + the decoding graphs (ORT opens them on first use)
         if backend == "torch":
             result["params"] = sum(p.numel() for p in policy.model.parameters())
         if backend == "onnxruntime-int8" and frames:
@@ -145,7 +146,6 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
             same = [reference.decide(o).decision == policy.decide(o).decision for o in observed]
             result["agreement"] = float(np.mean(same))
             result["agreement_frames"] = len(same)
-        result["peak_rss_mb"] = peak_rss_mb()
     except Exception as err:  # noqa: BLE001 - reported by the parent as one line
         result = {"error": f"{backend}: {type(err).__name__}: {err}"}
     queue.put(result)
@@ -195,7 +195,8 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
                       "backend": backend, "decision_ms_p50": r["decision"]["p50"],
                       "decision_ms_p99": r["decision"]["p99"], "generate_ms_p50": r["generate"]["p50"],
                       "plan_ms_p50": r["plan"]["p50"], "cycle_ms_p50": r["cycle"]["p50"],
-                      "peak_rss_mb": r["peak_rss_mb"], "prompt_tokens": r["prompt_tokens"],
+                      "peak_rss_mb": r["peak_rss_mb"], "peak_rss_thinking_mb": r["peak_rss_thinking_mb"],
+                      "prompt_tokens": r["prompt_tokens"],
                       "export_s": export_s if backend != "torch" else None}
             if params:
                 limit = 2 * params * r["prompt_tokens"] / (gflops * 1e9) * 1e3
