@@ -4,8 +4,8 @@ Each size is a checkpoint on a random-weight stand-in (``model.standin``) with t
 built once under ``work`` and reused; the ~4 M point is the embedded default. Every (size, backend) runs in
 its own spawned process, so each peak RSS is its own. Backends: torch, ONNX Runtime, and ONNX Runtime on
 graphs whose MatMuls are dynamically quantized to int8 (their decisions compared with fp32 ORT's on
-simulator frames). The compute limit of a pass is 2 x parameters x prompt tokens FLOPs at the fp32 matmul
-rate measured here.
+simulator frames). The compute limit of a pass is its FLOPs at the matmul bound (``pass_flops``: 2 x
+parameters x prompt tokens, a ViT's parameters x its patches) at the fp32 matmul rate measured here.
 """
 from __future__ import annotations
 
@@ -138,6 +138,7 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
         result["peak_rss_thinking_mb"] = peak_rss_mb()  # + the decoding graphs (ORT opens them on first use)
         if backend == "torch":
             result["params"] = sum(p.numel() for p in policy.model.parameters())
+            result["pass_flops"] = pass_flops(policy.model, len(rows))
         if backend == "onnxruntime-int8" and frames:
             from ..sim.parity_frames import simulator_observations
 
@@ -149,6 +150,19 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
     except Exception as err:  # noqa: BLE001 - reported by the parent as one line
         result = {"error": f"{backend}: {type(err).__name__}: {err}"}
     queue.put(result)
+
+
+def pass_flops(model, prompt_tokens: int) -> float:
+    """FLOPs of one decision pass at the matmul bound: 2 x parameters x tokens for the LLM (and the small
+    CNN, counted as if it were the LLM's), plus 2 x parameters x patches x views for a ViT tower, which
+    reads every patch of every camera."""
+    vision = getattr(model.vision, "tower", None)
+    if vision is None:
+        return 2.0 * sum(p.numel() for p in model.parameters()) * prompt_tokens
+    tower = sum(p.numel() for p in vision.parameters())
+    patches = (vision.config.image_size // vision.config.patch_size) ** 2
+    rest = sum(p.numel() for p in model.parameters()) - tower
+    return 2.0 * rest * prompt_tokens + 2.0 * tower * patches * model.cfg.views
 
 
 def matmul_gflops(n: int = 2048, threads: int = 2) -> float:
@@ -179,7 +193,7 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
                 export_s = time.perf_counter() - start
             if "onnxruntime-int8" in backends:
                 quantize_graphs(ckpt)
-        params = None
+        params = flops = None
         for backend in backends:
             queue = ctx.Queue()
             proc = ctx.Process(target=_measure, args=(backend, str(ckpt), iters, threads,
@@ -190,7 +204,7 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
             if "error" in r:
                 print(f"{label} {r['error']}")
                 continue
-            params = r.get("params", params)
+            params, flops = r.get("params", params), r.get("pass_flops", flops)
             record = {"bench": "scale", "variant": label, "params_m": params / 1e6 if params else None,
                       "backend": backend, "decision_ms_p50": r["decision"]["p50"],
                       "decision_ms_p99": r["decision"]["p99"], "generate_ms_p50": r["generate"]["p50"],
@@ -198,8 +212,8 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
                       "peak_rss_mb": r["peak_rss_mb"], "peak_rss_thinking_mb": r["peak_rss_thinking_mb"],
                       "prompt_tokens": r["prompt_tokens"],
                       "export_s": export_s if backend != "torch" else None}
-            if params:
-                limit = 2 * params * r["prompt_tokens"] / (gflops * 1e9) * 1e3
+            if flops:
+                limit = flops / (gflops * 1e9) * 1e3
                 record["compute_limit_ms"] = limit
                 record["decision_vs_limit"] = r["decision"]["p50"] / limit
             if "agreement" in r:
@@ -236,7 +250,7 @@ def _plot(records: list[dict], path: str) -> None:
             ax.plot(*zip(*points, strict=True), "o-", label=f"decision, {backend}")
     limit = sorted({(r["params_m"], r["compute_limit_ms"]) for r in curve if "compute_limit_ms" in r})
     if limit:
-        ax.plot(*zip(*limit, strict=True), "k--", label="compute limit (2 x params x tokens)")
+        ax.plot(*zip(*limit, strict=True), "k--", label="compute limit (2 x params x tokens, fp32 matmul rate)")
     for r in records:
         if "+" in r["variant"] and r["params_m"]:
             ax.plot(r["params_m"], r["decision_ms_p50"], "x", label=f"{r['variant']}, {r['backend']}")
