@@ -206,9 +206,11 @@ def test_float16_weights_halve_the_graphs_and_still_decide_as_float32_on_onnx_ru
     half, full = (specs["decision_scorer"].data_path(tmp_path / "fp16"), exported / "onnx" / "weights.onnx.data")
     assert half.stat().st_size < 0.6 * full.stat().st_size
     for name, spec in specs.items():
-        weights = [t for t in onnx.load(str(tmp_path / "fp16" / spec.onnx_file), load_external_data=False).graph.initializer
-                   if np.prod(t.dims) >= 16 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
-        assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
+        graph = onnx.load(str(tmp_path / "fp16" / spec.onnx_file), load_external_data=False).graph
+        stored = {t.name: t.data_type for t in graph.initializer}
+        assert not [n.input[1] for n in graph.node if n.op_type == "MatMul" and stored.get(n.input[1]) == onnx.TensorProto.FLOAT], name
+        halves = [t for t, dtype in stored.items() if t.endswith(".fp16")]
+        assert halves and all(stored[t] == onnx.TensorProto.FLOAT16 for t in halves), name
     fp32 = {s.name: s for s in load_graph_specs(exported / "onnx" / SPEC_FILE)}
     for i in range(4):
         feeds = {k: v for k, v in sample_feeds(specs["decision_scorer"], seed=i).items()}

@@ -151,3 +151,18 @@ def test_the_cli_writes_a_standin_and_a_checkpoint_on_it(tmp_path, capsys):
     assert "base referenced by hash" in capsys.readouterr().out
     assert main(["init-checkpoint", "--llm-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "d")]) == 1
     assert "no config.json there" in capsys.readouterr().out and not (tmp_path / "d").exists()
+
+
+def test_a_checkpoint_with_a_pretrained_vision_tower_loads_without_the_towers_directory(standin, tmp_path):
+    from vla_driver.model.standin import make_vision_standin
+
+    tower = make_vision_standin(tmp_path / "siglip", "tiny")
+    cfg = VLAConfig.for_rig(FRONT, llm_pretrained_dir=str(standin))
+    cfg.vision.pretrained_dir = str(tower)
+    ckpt = build_random_checkpoint(tmp_path / "ckpt", cfg=cfg)
+    assert read_manifest(ckpt)["config"]["vision"]["tower_config"]["model_type"] == "siglip_vision_model"
+    pixels = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        before = load_checkpoint(ckpt).vision(pixels)
+        shutil.rmtree(tower)  # another machine: the shape comes from the manifest, the weights from the checkpoint
+        assert torch.equal(load_checkpoint(ckpt).vision(pixels), before)

@@ -34,9 +34,13 @@ SMALL = ["--iterations", "1", "--workers", "2", "--group", "3", "--episodes-per-
 
 @pytest.fixture(scope="module")
 def cluster():
+    """A loopback cluster without Ray 2.60's token authentication (which turns on for `ray start` once a
+    local Ray has written ~/.ray/auth_token, and then refused this test's clients)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
                     "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env, capture_output=True,
@@ -45,6 +49,10 @@ def cluster():
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=180)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE")
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def rl_config(**overrides) -> TrainRLConfig:

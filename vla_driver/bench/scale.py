@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import onnx
@@ -89,17 +90,17 @@ def quantize_graphs(ckpt: Path) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    store = SharedWeights(out / SHARED_WEIGHTS)  # the quantized graphs share their weights as the fp32 ones do
-    for spec in specs:
-        with tempfile.TemporaryDirectory(dir=out) as tmp:
-            staged = Path(tmp) / spec.onnx_file
-            quantize_dynamic(src / spec.onnx_file, staged, op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8, use_external_data_format=True)
-            graph = onnx.load(str(staged))
-        store.externalize(graph)
-        onnx.save_model(graph, str(out / spec.onnx_file))
-        spec.onnx_sha256 = sha256_file(out / spec.onnx_file)
-    data = store.close()
+    with SharedWeights(out / SHARED_WEIGHTS) as store:  # the quantized graphs share weights as fp32's do
+        for spec in specs:
+            with tempfile.TemporaryDirectory(dir=out) as tmp:
+                staged = Path(tmp) / spec.onnx_file
+                quantize_dynamic(src / spec.onnx_file, staged, op_types_to_quantize=["MatMul"],
+                                 weight_type=QuantType.QInt8, use_external_data_format=True)
+                graph = onnx.load(str(staged))
+            store.externalize(graph)
+            onnx.save_model(graph, str(out / spec.onnx_file))
+            spec.onnx_sha256 = sha256_file(out / spec.onnx_file)
+        data = store.close()
     for spec in specs:
         spec.data_file, spec.data_sha256 = data["data_file"], data["data_sha256"]
     shutil.copy(src / "token_embeddings.npy", out / "token_embeddings.npy")
@@ -165,6 +166,18 @@ def pass_flops(model, prompt_tokens: int) -> float:
     return 2.0 * rest * prompt_tokens + 2.0 * tower * patches * model.cfg.views
 
 
+def _result(proc, queue, poll_s: float = 5.0) -> dict:
+    """The child's result, or an error if it died first (killed for memory, say) instead of waiting on it."""
+    while True:
+        try:
+            result = queue.get(timeout=poll_s)
+            proc.join()
+            return result
+        except Empty:
+            if not proc.is_alive():
+                return {"error": f"the measuring process died (exit code {proc.exitcode})"}
+
+
 def matmul_gflops(n: int = 2048, threads: int = 2) -> float:
     """This CPU's fp32 matmul rate with ``threads`` threads: the compute limit's denominator."""
     torch.set_num_threads(threads)
@@ -199,8 +212,7 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
             proc = ctx.Process(target=_measure, args=(backend, str(ckpt), iters, threads,
                                                       frames if backend == "onnxruntime-int8" else 0, queue))
             proc.start()
-            r = queue.get(timeout=3600)
-            proc.join()
+            r = _result(proc, queue)
             if "error" in r:
                 print(f"{label} {r['error']}")
                 continue

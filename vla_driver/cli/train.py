@@ -44,7 +44,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="export a checkpoint's graphs to ONNX (per adapter, merged)")
     p.add_argument("--checkpoint", default="", help="checkpoint dir (default: the embedded one)")
-    p.add_argument("--out", default="", help="output dir (default: CHECKPOINT/onnx)")
+    p.add_argument("--out", default="", help="output dir (default: CHECKPOINT/onnx, or onnx-float16)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-seq", type=int, default=256)
     p.add_argument("--weights", choices=("float32", "float16"), default="float32",
@@ -76,7 +76,7 @@ def train_sft(args) -> int:
 
 def export(args) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt / "onnx"
+    out = Path(args.out) if args.out else ckpt / ("onnx" if args.weights == "float32" else f"onnx-{args.weights}")
     for spec in export_checkpoint(ckpt, out, args.max_batch, args.max_seq, args.weights):
         print(f"{spec.name:<16} {out / spec.onnx_file}  sha256 {spec.onnx_sha256[:16]}..  adapter {spec.adapter}")
     return 0

@@ -60,16 +60,21 @@ class CheckpointError(RuntimeError):
 @dataclass(frozen=True)
 class BaseReference:
     """A pretrained base LLM left in its own (often read-only) directory: a checkpoint stores its files'
-    hashes and only the embedding rows the policy tokens took (``first_added`` onwards)."""
+    hashes and only the embedding rows the policy tokens took (``first_added`` onwards). ``files``: the
+    hashes it was loaded with (a checkpoint's manifest); None for a base just built from its directory."""
 
     path: str
     first_added: int
+    files: dict | None = None
 
-    def files(self) -> list[Path]:
+    def hashes(self) -> dict:
+        """The recorded hashes, or those of the directory's config and weights files."""
+        if self.files is not None:
+            return dict(self.files)
         root = Path(self.path)
         found = [root / "config.json", *sorted(root.glob("*.safetensors"))]
         index = root / "model.safetensors.index.json"
-        return found + [index] if index.is_file() else found
+        return {p.name: sha256_file(p) for p in (found + [index] if index.is_file() else found)}
 
 
 def _versions() -> dict:
@@ -129,8 +134,7 @@ def save_base_reference(model, ref: BaseReference, out: Path) -> dict:
     if not base.config.tie_word_embeddings:
         rows["lm_head"] = base.get_output_embeddings().weight[ref.first_added:end]
     save_file({k: v.detach().contiguous().cpu() for k, v in rows.items()}, str(out / ADDED_ROWS))
-    files = {p.name: sha256_file(p) for p in ref.files()}
-    return {"path": ref.path, "files": files, "added_rows": [ref.first_added, end]}
+    return {"path": ref.path, "files": ref.hashes(), "added_rows": [ref.first_added, end]}
 
 
 def save_checkpoint(model, out_dir: str | Path, lineage: dict | None = None, metrics: dict | None = None,
@@ -286,7 +290,8 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
         else:  # saved before view embeddings were (2026-12-07): they load as the zeros those models drove with
             log.info("%s: no view embeddings saved; they start at zero", ckpt_dir)
     if "base" in manifest:
-        model.base_source = BaseReference(manifest["base"]["path"], manifest["base"]["added_rows"][0])
+        entry = manifest["base"]  # a fine-tune records the base these adapters were trained on, as verified
+        model.base_source = BaseReference(entry["path"], entry["added_rows"][0], dict(entry["files"]))
     model.model_version = manifest["model_version"]
     model.manifest = manifest
     return model.to(device).eval()

@@ -39,6 +39,9 @@ class VisionConfig:
     channels: tuple[int, ...] = (16, 32, 48, 64, 96)
     token_grid: tuple[int, int] = (2, 8)  # visual tokens = rows x cols
     pretrained_dir: str = ""
+    # the pretrained tower's Hugging Face config, recorded when it is first loaded: a checkpoint rebuilds the
+    # tower from it (its weights are the checkpoint's), so loading one needs no copy of ``pretrained_dir``
+    tower_config: dict | None = None
 
 
 @dataclass

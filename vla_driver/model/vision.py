@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 from .config import VisionConfig
 
@@ -63,7 +63,12 @@ class PretrainedVisionEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
-        model = AutoModel.from_pretrained(cfg.pretrained_dir, local_files_only=True, use_safetensors=True)
+        if cfg.tower_config is not None:  # a checkpoint's tower: its shape here, its weights in the checkpoint
+            settings = dict(cfg.tower_config)
+            model = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
+        else:
+            model = AutoModel.from_pretrained(cfg.pretrained_dir, local_files_only=True, use_safetensors=True)
+            cfg.tower_config = model.config.to_dict()
         self.tower = getattr(model, "vision_model", model)
         hidden = self.tower.config.hidden_size
         self.side = self.tower.config.image_size // self.tower.config.patch_size

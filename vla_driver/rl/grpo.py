@@ -55,7 +55,7 @@ class DecisionGRPO:
         self.rng = np.random.default_rng(self.parallel.batch_seed(self.cfg.seed))
         # the updates' LoRA dropout draws from torch's generator: seeded, the same batches give the same update
         # whichever executor rolled them out
-        torch.manual_seed(self.parallel.batch_seed(self.cfg.seed))
+        torch.manual_seed(int(np.random.SeedSequence(self.parallel.batch_seed(self.cfg.seed)).generate_state(1)[0]))
         self.enc = InputEncoder(model.tokenizer, model.cfg)
         llm = model.llm
         if REFERENCE not in llm.peft_config:

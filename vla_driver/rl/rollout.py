@@ -23,7 +23,7 @@ from ..core.vocabulary import Decision, greedy_candidate
 from ..model.checkpoint import load_checkpoint, sha256_file
 from ..runtime.graph_policy import GraphPolicy
 from ..runtime.loading import ensure_exported
-from ..runtime.onnx_backend import OrtSessions
+from ..runtime.onnx_backend import THINKING_GRAPHS, OrtSessions
 from ..runtime.policy import TorchPolicy
 from ..sim.highway import DrivingSim
 from ..sim.scenarios import DEFAULT_DURATION_S
@@ -112,7 +112,8 @@ class RolloutWorker:
         path, model = Path(checkpoint), self.policy.model
         try:
             specs = ensure_exported(path, sha256_file(path / "manifest.json"))
-            runners = OrtSessions(specs, path / "onnx", self.cfg.threads_per_worker)
+            runners = OrtSessions(specs, path / "onnx", self.cfg.threads_per_worker,
+                                  lazy=("decision_scorer", *THINKING_GRAPHS))  # it only plans on ORT
         except Exception as e:  # noqa: BLE001 - the torch policy plans then
             log.warning("no ONNX Runtime graphs for %s (%s): rollouts plan with torch", checkpoint, e)
             return self.policy

@@ -128,7 +128,11 @@ class RayRolloutActor:
 class RayExecutor(RolloutExecutor):
     """``workers`` Ray actors (a local Ray, or the cluster at ``address``), each a :class:`RayRolloutActor`.
     The checkpoint goes into the object store once and each iteration's adapter state once per iteration.
-    An actor that dies (killed, node lost) is replaced and its rollout run again; ``replaced`` counts them."""
+    An actor that dies (killed, node lost) is replaced and its rollout run again; ``replaced`` counts them.
+    A rollout whose actors die ``MAX_ATTEMPTS`` times (an actor that cannot start, a rollout that runs out
+    of memory) ends the run with one error naming the cause."""
+
+    MAX_ATTEMPTS = 3
 
     def __init__(self, checkpoint: str, cfg: TrainRLConfig, workers: int, address: str | None = None):
         try:  # optional: only this executor needs Ray
@@ -151,6 +155,7 @@ class RayExecutor(RolloutExecutor):
         states = {id(t.adapter_state): t.adapter_state for t in tasks}
         refs = {key: ray.put(state) for key, state in states.items()}
         queue, idle, pending = list(tasks), list(self.actors), {}
+        attempts: dict[int, int] = {}
         try:
             while queue or pending:
                 while queue and idle:
@@ -161,7 +166,12 @@ class RayExecutor(RolloutExecutor):
                 actor, task = pending.pop(done)
                 try:
                     result = ray.get(done)
-                except ray.exceptions.RayActorError:  # the actor is gone: a new one runs its rollout again
+                except ray.exceptions.RayActorError as err:  # the actor is gone: a new one runs the rollout again
+                    attempts[id(task)] = attempts.get(id(task), 0) + 1
+                    if attempts[id(task)] >= self.MAX_ATTEMPTS:
+                        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        raise RuntimeError(f"the rollout of {task.scenario} seed {task.seed} lost its Ray actor "
+                                           f"{self.MAX_ATTEMPTS} times; last: {cause}") from None
                     log.warning("rollout actor died during %s seed %d: replacing it", task.scenario, task.seed)
                     self.replaced += 1
                     self.actors.remove(actor)
@@ -176,9 +186,12 @@ class RayExecutor(RolloutExecutor):
                 ray.cancel(ref)
 
     def close(self) -> None:
+        ray = self.ray
+        closing = [actor.close.remote() for actor in self.actors]  # each removes its copy of the checkpoint
+        ray.wait(closing, num_returns=len(closing), timeout=30)
         for actor in self.actors:
-            self.ray.kill(actor)
-        self.ray.shutdown()
+            ray.kill(actor)
+        ray.shutdown()
 
 
 def make_executor(checkpoint, cfg: TrainRLConfig, model=None) -> RolloutExecutor:

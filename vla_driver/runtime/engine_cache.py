@@ -78,10 +78,12 @@ class EngineKey:
         """Key of ``spec`` (a GraphSpec) built at ``precision`` on this GPU and TensorRT version.
 
         The source hash is ``checkpoint_sha256`` if given, else the spec's checkpoint hash, else its ONNX hash
-        (a graph exported without a checkpoint is its own source).
+        (a graph exported without a checkpoint is its own source); graphs whose weights were stored in another
+        format than float32 (``exporter``) are another source.
         """
-        return cls(graph=spec.name,
-                   checkpoint_sha256=checkpoint_sha256 or spec.checkpoint_sha256 or spec.onnx_sha256,
+        source = checkpoint_sha256 or spec.checkpoint_sha256 or spec.onnx_sha256
+        weights = getattr(spec, "exporter", "").partition("/weights-")[2]
+        return cls(graph=spec.name, checkpoint_sha256=f"{source}+weights-{weights}" if weights else source,
                    adapter=adapter if adapter is not None else spec.adapter,
                    precision=precision, compute_capability=compute_capability, trt_version=trt_version,
                    profiles=spec.profile_table())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 import time
 import warnings
@@ -36,15 +37,17 @@ log = logging.getLogger(__name__)
 OPSET = 17
 SPEC_FILE = "graphs.json"
 SHARED_WEIGHTS = "weights.onnx.data"
-PAGE = 4096  # tensor offsets in the weights file: page-aligned, so each maps without a copy
+PAGE = 1 << 16  # tensor offsets in the weights file: aligned to 64 KiB pages (aarch64 kernels' largest)
 GRAPH_FORMAT = 5  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
 # 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only,
 # 5: every graph's weights in one shared weights.onnx.data)
 
 
-def exporter_id() -> str:
-    """Who wrote a graph: graph format, package and torch versions. Graphs from another exporter are re-made."""
-    return f"graphs-{GRAPH_FORMAT}/vla_driver-{__version__}/torch-{torch.__version__}"
+def exporter_id(weights: str = "float32") -> str:
+    """Who wrote a graph: graph format, package and torch versions, and a weight format other than float32.
+    Graphs from another exporter are re-made (so the runtime never runs float16-stored weights)."""
+    base = f"graphs-{GRAPH_FORMAT}/vla_driver-{__version__}/torch-{torch.__version__}"
+    return base if weights == "float32" else f"{base}/weights-{weights}"
 
 
 class DecisionScorer(nn.Module):
@@ -120,6 +123,14 @@ class SharedWeights:
         self.path.chmod(0o644)
         return {"data_file": self.path.name, "data_sha256": sha256_file(self.path)}
 
+    def __enter__(self) -> SharedWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # after close(), or an export that failed half way: its file is not a weights file
+        if exc[0] is not None:
+            self.path.unlink(missing_ok=True)
+
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict,
             store: SharedWeights, weights: str = "float32") -> None:
@@ -138,13 +149,19 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     onnx.save_model(graph, str(path))
 
 
-def store_weights_fp16(graph: onnx.ModelProto, min_elements: int = 16) -> None:
-    """Store every float32 weight of ``min_elements`` or more as float16 (clipped to its range), read
-    through a Cast back to float32: half the bytes, the input TensorRT's FP16 build wants, while ONNX
-    Runtime's CPU kernels still compute in float32 (so the graph stays verifiable here)."""
+WEIGHT_INPUTS = {"MatMul": (1,), "Gemm": (1, 2), "Conv": (1, 2), "Gather": (0,)}  # op -> inputs that are weights
+
+
+def store_weights_fp16(graph: onnx.ModelProto) -> None:
+    """Store every float32 weight (the matrices, embeddings and kernels of ``WEIGHT_INPUTS``; not constants
+    such as RoPE's frequencies, which float16 would blur) as float16, clipped to its range and read through
+    a Cast back to float32: half the bytes, the input TensorRT's FP16 build wants, while ONNX Runtime's CPU
+    kernels still compute in float32 (so the graph stays verifiable here)."""
+    weights = {node.input[i] for node in graph.graph.node for i in WEIGHT_INPUTS.get(node.op_type, ())
+               if i < len(node.input)}
     casts = []
     for tensor in graph.graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT or int(np.prod(tensor.dims)) < min_elements:
+        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name not in weights:
             continue
         name = tensor.name
         half = np.clip(onnx.numpy_helper.to_array(tensor), -65504, 65504).astype(np.float16)
@@ -189,11 +206,28 @@ def _image_specs(max_batch: int, cfg) -> tuple[dict, dict, dict]:
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch: int = 8,
                       max_seq: int = 256, weights: str = "float32") -> list[GraphSpec]:
     """Write the ONNX graphs + ``graphs.json`` (+ hashes) for a checkpoint. Returns the specs.
-    ``weights="float16"`` stores the weights in half precision (``store_weights_fp16``) for TensorRT."""
+    ``weights="float16"`` stores the weights in half precision (``store_weights_fp16``) for TensorRT.
+    The graphs are written into a folder beside ``out_dir`` that then replaces it whole: a running process
+    that mapped the old weights file keeps reading the old, intact one."""
     if weights not in ("float32", "float16"):
         raise ValueError(f"weights must be float32 or float16, got {weights!r}")
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        specs = _export_all(Path(checkpoint_dir), staging, max_batch, max_seq, weights)
+        staging.chmod(0o755)  # mkdtemp makes it private; the nodes may run as another user
+        old = staging.with_name(staging.name + ".old")
+        if out_dir.exists():
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return specs
+
+
+def _export_all(checkpoint_dir: Path, out_dir: Path, max_batch: int, max_seq: int, weights: str) -> list[GraphSpec]:
     model = load_checkpoint(checkpoint_dir)
     ckpt_sha = sha256_file(checkpoint_dir / "manifest.json")
     policy = TorchPolicy(model)
@@ -208,28 +242,28 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, max_batch
     }
     dyn = {**img_axes, "input_ids": {0: "batch", 1: "seq"}, "lengths": {0: "batch"}}
     specs = []
-    store = SharedWeights(out_dir / SHARED_WEIGHTS)
-    for name, adapter, wrapper, ids, lengths, out_name, out_shape, min_seq in (
-        ("decision_scorer", "decision", DecisionScorer, dec_ids, dec_len, "log_probs", ("batch", s, p), dec_len.min()),
-        ("action_planner", "action", ActionPlanner, act_ids, act_len, "trajectories", ("batch", s, n, 3),
-         act_len.min()),
-    ):
-        start = time.perf_counter()
-        merged = model.merged_copy(adapter)
-        path = out_dir / f"{name}.onnx"
-        _export(wrapper(merged), (images, ego, ids, lengths), path, ["images", "ego", "input_ids", "lengths"],
-                [out_name], {**dyn, out_name: {0: "batch"}}, store, weights)
-        profiles = {**img_profiles, "input_ids": ((1, int(min_seq)), (1, int(ids.shape[1])), (max_batch, max_seq)),
-                    "lengths": ((1,), (1,), (max_batch,))}
-        specs.append(GraphSpec(name, path.name, {**img_inputs, **seq_inputs},
-                               {out_name: TensorSpec("float32", out_shape)}, profiles, checkpoint_sha256=ckpt_sha,
-                               adapter=adapter, onnx_sha256=sha256_file(path)).validate())
-        log.info("exported %s in %.1f s", name, time.perf_counter() - start)
-    specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
-                             max_batch, max_seq, img_inputs, img_profiles, img_axes, store, weights)
-    data = store.close()
+    with SharedWeights(out_dir / SHARED_WEIGHTS) as store:
+        for name, adapter, wrapper, ids, lengths, out_name, out_shape, min_seq in (
+            ("decision_scorer", "decision", DecisionScorer, dec_ids, dec_len, "log_probs", ("batch", s, p), dec_len.min()),
+            ("action_planner", "action", ActionPlanner, act_ids, act_len, "trajectories", ("batch", s, n, 3),
+             act_len.min()),
+        ):
+            start = time.perf_counter()
+            merged = model.merged_copy(adapter)
+            path = out_dir / f"{name}.onnx"
+            _export(wrapper(merged), (images, ego, ids, lengths), path, ["images", "ego", "input_ids", "lengths"],
+                    [out_name], {**dyn, out_name: {0: "batch"}}, store, weights)
+            profiles = {**img_profiles, "input_ids": ((1, int(min_seq)), (1, int(ids.shape[1])), (max_batch, max_seq)),
+                        "lengths": ((1,), (1,), (max_batch,))}
+            specs.append(GraphSpec(name, path.name, {**img_inputs, **seq_inputs},
+                                   {out_name: TensorSpec("float32", out_shape)}, profiles, checkpoint_sha256=ckpt_sha,
+                                   adapter=adapter, onnx_sha256=sha256_file(path)).validate())
+            log.info("exported %s in %.1f s", name, time.perf_counter() - start)
+        specs += _export_decoder(model, out_dir, images[:1], ego[:1], dec_ids[:1, : int(dec_len[0])], ckpt_sha,
+                                 max_batch, max_seq, img_inputs, img_profiles, img_axes, store, weights)
+        data = store.close()
     for spec in specs:
-        spec.exporter, spec.data_file, spec.data_sha256 = exporter_id(), data["data_file"], data["data_sha256"]
+        spec.exporter, spec.data_file, spec.data_sha256 = exporter_id(weights), data["data_file"], data["data_sha256"]
     save_graph_specs(specs, out_dir / SPEC_FILE)
     return specs
 

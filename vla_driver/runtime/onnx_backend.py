@@ -116,6 +116,11 @@ class OrtSession:
 THINKING_GRAPHS = ("prompt_embedder", "decoder_step")
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 class OrtSessions(Mapping):
     """The ONNX Runtime sessions of one export, by graph name. Every file is verified by hash at once (the
     shared weights file once). The graphs only slow thinking uses open on first use: each session keeps its
@@ -126,14 +131,14 @@ class OrtSessions(Mapping):
     def __init__(self, specs: Mapping[str, GraphSpec], graph_dir: str | Path, threads: int = 2,
                  providers: str | Sequence[str] = "auto", lazy: Sequence[str] = THINKING_GRAPHS):
         self.specs, self.dir, self.threads, self.providers = dict(specs), Path(graph_dir), threads, providers
-        verified: set[Path] = set()
+        self.verified: dict[Path, tuple[int, int]] = {}  # weights file -> (size, mtime) when it was hashed
         for spec in self.specs.values():
             if spec.onnx_sha256:
                 verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
             data = spec.data_path(self.dir)
-            if data is not None and spec.data_sha256 and data not in verified:
+            if data is not None and spec.data_sha256 and data not in self.verified:
                 verify_file_hash(data, spec.data_sha256)
-                verified.add(data)
+                self.verified[data] = _identity(data)
         self.open = {name: self._session(name) for name in self.specs if name not in lazy}
 
     def _session(self, name: str) -> OrtSession:
@@ -141,8 +146,22 @@ class OrtSessions(Mapping):
 
     def __getitem__(self, name: str) -> OrtSession:
         if name not in self.open:
-            self.open[name] = self._session(name)
+            self.open[name] = self._open_later(name)
         return self.open[name]
+
+    def _open_later(self, name: str) -> OrtSession:
+        """A graph opened after load: its (small) file is hashed again, and the weights file must be the one
+        hashed at load (hashing gigabytes here would stall the cycle that first thinks)."""
+        spec = self.specs[name]
+        try:
+            if spec.onnx_sha256:
+                verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
+            data = spec.data_path(self.dir)
+            if data is not None and data in self.verified and _identity(data) != self.verified[data]:
+                raise ValueError(f"{data} changed since it was verified at load")
+            return self._session(name)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise RuntimeError(f"cannot open the {name} graph: {err}") from None
 
     def __iter__(self):
         return iter(self.specs)
