@@ -7,7 +7,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "vla_driver"
 LAYERS = {"core": 0, "model": 1, "runtime": 2, "sim": 3, "experience": 3, "nodes": 4, "harness": 5, "rl": 6,
           "bench": 7, "cli": 8}
-OPTIONAL = {"tensorrt", "ray", "onnxruntime"}  # imported where used, with a fallback or a clear error
+# imported where used, with a fallback or a clear error; PIL only where an image is resized, so the core's
+# maths imports without Pillow (the GPU check runs where only torch, transformers, peft and safetensors are)
+OPTIONAL = {"tensorrt", "ray", "onnxruntime", "PIL"}
 
 
 def modules() -> dict[str, ast.Module]:

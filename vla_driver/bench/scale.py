@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
+import matplotlib
 import numpy as np
 import onnx
 import torch
@@ -31,8 +32,12 @@ from ..runtime.export import SHARED_WEIGHTS, SharedWeights
 from ..runtime.graph_spec import load_graph_specs, save_graph_specs
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
 from ..runtime.onnx_backend import OrtSessions
+from ..sim.parity_frames import simulator_observations
 from . import emit, peak_rss_mb, percentiles, time_calls
 from .backends import frame_for_bench
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 INT8_DIR = "onnx-int8"
@@ -141,8 +146,6 @@ def _measure(backend: str, ckpt: str, iters: int, threads: int, frames: int, que
             result["params"] = sum(p.numel() for p in policy.model.parameters())
             result["pass_flops"] = pass_flops(policy.model, len(rows))
         if backend == "onnxruntime-int8" and frames:
-            from ..sim.parity_frames import simulator_observations
-
             reference = _policy("onnxruntime", Path(ckpt), threads)
             observed = simulator_observations(frames, ("highway", "merge"), policy.rig, policy.history)
             same = [reference.decide(o).decision == policy.decide(o).decision for o in observed]
@@ -249,11 +252,6 @@ def _table(records: list[dict]) -> None:
 
 
 def _plot(records: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curve = [r for r in records if r["params_m"] and "+" not in r["variant"]]
     for backend in BACKENDS:
