@@ -44,6 +44,17 @@ def test_onnxruntime_matches_torch(exported):
     assert report["generate_token_identical"] and report["generated_tokens"] == 12
 
 
+def test_changed_token_embeddings_are_refused_at_load(exported, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(exported, ckpt)
+    embeddings = ckpt / "onnx" / "token_embeddings.npy"
+    data = bytearray(embeddings.read_bytes())
+    data[-1] ^= 0xFF
+    embeddings.write_bytes(bytes(data))
+    policy = load_policy(ckpt, backend="onnxruntime")
+    assert policy.backend_name == "torch" and any("token_embeddings.npy" in w for w in policy.backend_choice.warnings)
+
+
 def test_the_thinking_graphs_open_only_when_the_policy_thinks(exported):
     """Every ORT session keeps its own packed copy of its weights: a node that never thinks never pays for
     the decoding graphs."""

@@ -29,7 +29,7 @@ from ..model.checkpoint import read_manifest, sha256_file
 from ..model.config import VLAConfig
 from ..model.standin import make_llm_standin, make_vision_standin
 from ..runtime.export import SHARED_WEIGHTS, SharedWeights
-from ..runtime.graph_spec import load_graph_specs, save_graph_specs
+from ..runtime.graph_spec import TOKEN_EMBEDDINGS, load_graph_specs, save_graph_specs
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
 from ..runtime.onnx_backend import OrtSessions
 from ..sim.parity_frames import simulator_observations
@@ -108,7 +108,7 @@ def quantize_graphs(ckpt: Path) -> Path:
         data = store.close()
     for spec in specs:
         spec.data_file, spec.data_sha256 = data["data_file"], data["data_sha256"]
-    shutil.copy(src / "token_embeddings.npy", out / "token_embeddings.npy")
+    shutil.copy(src / TOKEN_EMBEDDINGS, out / TOKEN_EMBEDDINGS)
     save_graph_specs(specs, out / "graphs.json")
     (out / "source.sha256").write_text(stamp)
     return out

@@ -6,7 +6,8 @@ Graphs (all take the raw uint8 camera image; resizing happens inside so every ba
 * ``action_planner``: images, ego, input_ids, lengths -> trajectories (B, S, N, 3).
 * ``prompt_embedder`` + ``decoder_step`` (decision adapter): slow thinking with a KV cache. The embedder
   turns the prompt into embeddings; the step takes embeddings + past keys/values and returns logits + the
-  new cache. Token embeddings for generated tokens come from ``token_embeddings.npy`` (the tied matrix).
+  new cache. Token embeddings for generated tokens come from ``token_embeddings.npy`` (the tied matrix),
+  hashed in the step graph's spec (``side_files``).
 
 Exported with an example sequence length >= 2 so the sequence axis stays dynamic.
 """
@@ -30,7 +31,7 @@ from .. import __version__
 from ..core.types import CAMERA_SIZE, Observation
 from ..core.vocabulary import Decision
 from ..model.checkpoint import load_checkpoint, sha256_file
-from .graph_spec import GraphSpec, TensorSpec, save_graph_specs
+from .graph_spec import TOKEN_EMBEDDINGS, GraphSpec, TensorSpec, save_graph_specs
 from .policy import TorchPolicy
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ OPSET = 17
 SPEC_FILE = "graphs.json"
 SHARED_WEIGHTS = "weights.onnx.data"
 PAGE = 1 << 16  # tensor offsets in the weights file: aligned to 64 KiB pages (aarch64 kernels' largest)
-GRAPH_FORMAT = 5  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
+GRAPH_FORMAT = 6  # bump whenever the graphs' inputs, outputs or internals change (2: resize inside the graph,
 # 3: the decision scorer applies the LM head to the positions it reads only, 4: and to the candidate words only,
-# 5: every graph's weights in one shared weights.onnx.data)
+# 5: every graph's weights in one shared weights.onnx.data, 6: the token embeddings' hash in the spec)
 
 
 def exporter_id(weights: str = "float32") -> str:
@@ -321,7 +322,8 @@ def _export_decoder(model, out_dir, images, ego, ids, ckpt_sha, max_batch, max_s
                 "attention_mask": ((1, 2), (1, 65), (max_batch, 2 * max_seq)),
                 "position_ids": ((1, 1), (1, 1), (max_batch, max_seq))}
     profiles.update({k: kv_prof for k in names_past})
+    np.save(out_dir / TOKEN_EMBEDDINGS, llm.get_input_embeddings().weight.detach().numpy())
     specs.append(GraphSpec("decoder_step", path.name, inputs, outputs, profiles, checkpoint_sha256=ckpt_sha,
-                           adapter="decision", onnx_sha256=sha256_file(path)))
-    np.save(out_dir / "token_embeddings.npy", llm.get_input_embeddings().weight.detach().numpy())
+                           adapter="decision", onnx_sha256=sha256_file(path),
+                           side_files={TOKEN_EMBEDDINGS: sha256_file(out_dir / TOKEN_EMBEDDINGS)}))
     return specs

@@ -10,6 +10,8 @@ from ..core.trajectory import KinematicLimits, Trajectory
 from ..core.types import DecisionResult, Observation
 from ..core.vocabulary import Decision, DecisionVocabulary
 from ..model.inputs import InputEncoder
+from .engine_cache import verify_file_hash
+from .graph_spec import TOKEN_EMBEDDINGS
 from .results import make_result, reasoning_from_ids, select_mode
 
 
@@ -50,11 +52,21 @@ class GraphPolicy:
         table = self.decision_table([obs], rows)[0]
         return make_result(table, self.vocab, sample, rng, reasoning, start, self.model_version)
 
+    def _token_embeddings_path(self) -> Path:
+        """The token embeddings file, verified: by the ORT sessions at load, else (engines) by its hash now."""
+        if hasattr(self.runners, "side_file"):
+            return self.runners.side_file(TOKEN_EMBEDDINGS)
+        path = self._graph_dir / TOKEN_EMBEDDINGS
+        digest = self.specs["decoder_step"].side_files.get(TOKEN_EMBEDDINGS)
+        if digest:
+            verify_file_hash(path, digest)
+        return path
+
     def generate_ids(self, obs: Observation, prompt: list[int], max_new_tokens: int, stop_ids: set[int],
                      sample: bool = False, rng: np.random.Generator | None = None) -> list[int]:
         """Greedy (or sampled) decoding with the exported KV-cache step."""
         if self._token_embeddings is None:
-            self._token_embeddings = np.load(self._graph_dir / "token_embeddings.npy", allow_pickle=False,
+            self._token_embeddings = np.load(self._token_embeddings_path(), allow_pickle=False,
                                              mmap_mode="r")  # rows are read as tokens come; pages are shared
         enc = self.encoder
         embeds = self.runners["prompt_embedder"].run({

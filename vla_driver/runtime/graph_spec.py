@@ -63,6 +63,9 @@ def _shape_triplet(value: Sequence[Sequence[int]]) -> tuple[Shape, Shape, Shape]
     return lo, opt, hi
 
 
+TOKEN_EMBEDDINGS = "token_embeddings.npy"  # beside the graphs: what decoding feeds the step graph per new token
+
+
 @dataclass
 class GraphSpec:
     """One exported graph (e.g. "decision_scorer", "action_planner", "decoder_step").
@@ -72,6 +75,7 @@ class GraphSpec:
     ``exporter`` names the code that wrote the graph, so graphs from older exporter code are not reused.
     ``data_file`` names the file beside it that holds its weights (ONNX external data; one file that every
     graph of a checkpoint shares, each distinct tensor once); ``data_sha256`` verifies it as the graph is.
+    ``side_files``: other files beside it that its runtime reads (name -> sha256), verified the same way.
     """
 
     name: str
@@ -85,6 +89,7 @@ class GraphSpec:
     exporter: str = ""
     data_file: str = ""
     data_sha256: str = ""
+    side_files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.profiles = {k: _shape_triplet(v) for k, v in self.profiles.items()}
@@ -164,6 +169,7 @@ class GraphSpec:
             "adapter": self.adapter,
             "exporter": self.exporter,
             **({"data_file": self.data_file, "data_sha256": self.data_sha256} if self.data_file else {}),
+            **({"side_files": dict(self.side_files)} if self.side_files else {}),
             "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "profiles": {k: [list(s) for s in v] for k, v in self.profiles.items()},
@@ -184,6 +190,7 @@ class GraphSpec:
                 exporter=str(data.get("exporter", "")),
                 data_file=str(data.get("data_file", "")),
                 data_sha256=str(data.get("data_sha256", "")),
+                side_files={str(k): str(v) for k, v in data.get("side_files", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a valid graph spec ({type(exc).__name__}: {exc})") from exc

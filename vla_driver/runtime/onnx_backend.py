@@ -135,10 +135,12 @@ class OrtSessions(Mapping):
         for spec in self.specs.values():
             if spec.onnx_sha256:
                 verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
-            data = spec.data_path(self.dir)
-            if data is not None and spec.data_sha256 and data not in self.verified:
-                verify_file_hash(data, spec.data_sha256)
-                self.verified[data] = _identity(data)
+            files = [(spec.data_path(self.dir), spec.data_sha256),
+                     *((self.dir / name, digest) for name, digest in spec.side_files.items())]
+            for path, digest in files:
+                if path is not None and digest and path not in self.verified:
+                    verify_file_hash(path, digest)
+                    self.verified[path] = _identity(path)
         self.open = {name: self._session(name) for name in self.specs if name not in lazy}
 
     def _session(self, name: str) -> OrtSession:
@@ -148,6 +150,15 @@ class OrtSessions(Mapping):
         if name not in self.open:
             self.open[name] = self._open_later(name)
         return self.open[name]
+
+    def side_file(self, name: str) -> Path:
+        """A side file verified at load (e.g. the token embeddings), refused if it changed since."""
+        path = self.dir / name
+        if path not in self.verified:
+            raise RuntimeError(f"{path} is not a verified side file of these graphs")
+        if _identity(path) != self.verified[path]:
+            raise RuntimeError(f"{path} changed since it was verified at load")
+        return path
 
     def _open_later(self, name: str) -> OrtSession:
         """A graph opened after load: its (small) file is hashed again, and the weights file must be the one
