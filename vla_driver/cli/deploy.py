@@ -27,7 +27,7 @@ from vla_driver.runtime.engine_cache import (
     verify_file_hash,
 )
 from vla_driver.runtime.export import export_checkpoint
-from vla_driver.runtime.graph_spec import PROFILE_POINTS, load_graph_specs, sample_feeds, save_graph_specs
+from vla_driver.runtime.graph_spec import PROFILE_POINTS, load_graph_specs, sample_feeds
 from vla_driver.runtime.loading import resolve_checkpoint
 from vla_driver.runtime.onnx_backend import OrtSession
 from vla_driver.runtime.onnx_ops import unsupported_ops
@@ -79,6 +79,8 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR", help="checkpoint directory")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the ONNX files and graphs.json go")
+    p.add_argument("--weights", choices=("float32", "float16"), default="float32",
+                   help="float16: the weights stored in half precision (half the bytes to ship for an FP16 build)")
 
 
 # ---- shared steps -------------------------------------------------------------------------------------
@@ -296,11 +298,10 @@ def _verify_against_torch(args) -> dict:
 
 
 def run_export(args) -> int:
-    specs = export_checkpoint(args.checkpoint, args.out)
-    path = save_graph_specs(specs, Path(args.out) / "graphs.json")
+    specs = export_checkpoint(args.checkpoint, args.out, weights=args.weights)  # writes graphs.json too
     for spec in specs:
         print(f"{spec.name}: {spec.onnx_file} inputs {list(spec.inputs)} -> outputs {list(spec.outputs)}")
-    print(f"wrote {path}")
+    print(f"wrote {Path(args.out) / 'graphs.json'}")
     return 0
 
 
