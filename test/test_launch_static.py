@@ -184,3 +184,5 @@ def test_json_schema_matches_the_declared_parameters(name):
     expected = {f.name: (kinds[type(f.default)], list(f.default) if isinstance(f.default, tuple) else f.default,
                          f.metadata["description"]) for f in fields(NODES[name][1])}
     assert {k: (v["type"], v["default"], v["description"]) for k, v in props.items()} == expected
+    positive = set(getattr(NODES[name][1], "POSITIVE", ()))
+    assert {k for k, v in props.items() if v.get("exclusiveMinimum") == 0} == positive

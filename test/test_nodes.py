@@ -446,3 +446,31 @@ def test_an_ok_status_names_no_earlier_rejection_while_the_counters_keep_it(harn
     assert "last_rejected" in keys()
     diagnostics.set_status(OK, "KEEP, STRAIGHT")
     assert "last_rejected" not in keys() and diagnostics.counters["rejected_image"] == 1
+
+
+def test_a_parameter_the_node_cannot_run_with_stops_it_in_one_line_and_descriptors_carry_ranges():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rclpy.node import Node
+
+    from vla_driver.nodes.controller_node import ControllerParams
+    from vla_driver.nodes.params import declare_params
+
+    executable = str(Path(sys.executable).with_name("controller_node"))  # the console script ros2 run starts
+    done = subprocess.run([executable, "--ros-args", "-p", "rate_hz:=-1.0"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "ROS_DOMAIN_ID": "199"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    assert "not starting: parameter rate_hz" in done.stderr + done.stdout
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=199)
+    try:
+        node = Node("ranges", context=context)
+        declare_params(node, ControllerParams)
+        limits = node.describe_parameter("rate_hz").floating_point_range[0]
+        assert (limits.from_value, limits.to_value) == (0.0, float("inf"))
+        assert not node.describe_parameter("frame_id").floating_point_range  # only the positive ones
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -45,9 +45,12 @@ class ActionParams(ModelParams):
     max_lateral_accel: float = param(KinematicLimits.max_lateral_accel, "kinematic limit (m/s^2)")
     max_yaw_rate: float = param(KinematicLimits.max_yaw_rate, "kinematic limit (rad/s)")
 
+    # > 0; their descriptors carry the range
+    POSITIVE = ("rate_hz", "decision_timeout_s", "max_input_age_s", "deadline_ms", "stop_decel", "max_speed",
+                "max_accel", "max_decel", "max_lateral_accel", "max_yaw_rate")
+
     def __post_init__(self):
-        require_positive(self, "rate_hz", "decision_timeout_s", "max_input_age_s", "deadline_ms", "stop_decel",
-                         "max_speed", "max_accel", "max_decel", "max_lateral_accel", "max_yaw_rate")
+        require_positive(self, *self.POSITIVE)
 
     def limits(self) -> KinematicLimits:
         return KinematicLimits(self.max_speed, self.max_accel, self.max_decel, self.max_lateral_accel,

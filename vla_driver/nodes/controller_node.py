@@ -33,8 +33,10 @@ class ControllerParams:
     max_input_age_s: float = param(0.5, "odometry older than this (s): brake + ERROR")
     frame_id: str = param("base_link", "ego frame the trajectory must be expressed in")
 
+    POSITIVE = ("rate_hz", "trajectory_timeout_s", "max_input_age_s")  # > 0; their descriptors carry the range
+
     def __post_init__(self):
-        require_positive(self, "rate_hz", "trajectory_timeout_s", "max_input_age_s")
+        require_positive(self, *self.POSITIVE)
 
 
 class ControllerNode(Node):

@@ -31,8 +31,10 @@ class DecisionParams(ModelParams):
     max_input_age_s: float = param(1.0, "camera or odometry older than this (s): no decision, ERROR")
     default_navigation: str = param("Follow the road.", "instruction used until one arrives on navigation")
 
+    POSITIVE = ("rate_hz", "max_input_age_s")  # > 0; their descriptors carry the range
+
     def __post_init__(self):
-        require_positive(self, "rate_hz", "max_input_age_s")
+        require_positive(self, *self.POSITIVE)
 
 
 class DecisionNode(HotSwap, Node):

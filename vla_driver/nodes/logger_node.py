@@ -46,7 +46,7 @@ from vla_driver.experience.segments import SegmentWriter
 
 from .camera_set import PRESET_CAMERAS
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
-from .params import declare_params, param, require_positive
+from .params import ParameterValueError, declare_params, param, require_positive
 from .spin import spin_standalone
 
 _SCHEMA = TopicMap()
@@ -91,13 +91,15 @@ class LoggerParams:
     diagnostics_topic: str = param("/diagnostics", "diagnostics subscribed (diagnostic_msgs/DiagnosticArray)")
     rig: str = param("front", "camera rig whose cameras are recorded too (camera/<name>/image_raw and camera_info); empty = none")
 
+    POSITIVE = ("segment_duration_s", "segment_max_mb", "queue_size")  # > 0; their descriptors carry the range
+
     def __post_init__(self):
-        require_positive(self, "segment_duration_s", "segment_max_mb", "queue_size")
+        require_positive(self, *self.POSITIVE)
         if self.min_free_mb < 0:
-            raise ValueError(f"parameter min_free_mb must be >= 0, got {self.min_free_mb!r}")
+            raise ParameterValueError(f"parameter min_free_mb must be >= 0, got {self.min_free_mb!r}")
         unknown = sorted(set(self.topics) - set(ROLES))
         if unknown:
-            raise ValueError(f"parameter topics names unknown roles {unknown}; known: {', '.join(ROLES)}")
+            raise ParameterValueError(f"parameter topics names unknown roles {unknown}; known: {', '.join(ROLES)}")
 
     def subscribed(self, role: str) -> str:
         return getattr(self, f"{role}_topic")

@@ -36,7 +36,7 @@ from vla_driver.sim.scenarios import SCENARIOS
 from .camera_set import LEGACY_CAMERA, camera_topic
 from .convert import BadMessage, EgoState, rgb_to_image, seconds_to_stamp, state_to_odometry
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
-from .params import declare_params, param, require_positive
+from .params import ParameterValueError, declare_params, param, require_positive
 from .spin import spin_standalone
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -53,10 +53,12 @@ class SimBridgeParams:
     step_timeout_s: float = param(1.0, "wall seconds to wait for a cycle's cmd_vel before a missed cycle; 0 = forever")
     rig: str = param("front", "cameras to render and publish (a preset of config/rigs or a rig YAML; the embedded default drives from front); empty = the top-down view on image")
 
+    POSITIVE = ("control_hz", "image_width", "image_height")  # > 0; their descriptors carry the range
+
     def __post_init__(self):
-        require_positive(self, "control_hz", "image_width", "image_height")
+        require_positive(self, *self.POSITIVE)
         if self.duration_s < 0 or self.step_timeout_s < 0:
-            raise ValueError("duration_s and step_timeout_s must be >= 0")
+            raise ParameterValueError("parameters duration_s and step_timeout_s must be >= 0")
 
 
 class SimBridgeNode(Node):

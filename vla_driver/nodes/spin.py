@@ -14,6 +14,7 @@ from vla_driver.model.checkpoint import CheckpointError
 
 from .dds import use_profile
 from .executor import MultiThreadedExecutor
+from .params import ParameterValueError
 
 
 @contextmanager
@@ -46,7 +47,8 @@ def spin_standalone(node_cls, args=None) -> None:
             rclpy.spin(node, executor=MultiThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except CheckpointError as err:  # refused at start (a hash, a signature): one line for the launch log
+    except (CheckpointError, ParameterValueError) as err:  # refused at start (a hash, a signature, a parameter
+        # value it cannot run with): one line for the launch log
         rclpy.logging.get_logger(node_cls.__name__).fatal(f"not starting: {err}")
         raise SystemExit(1) from None
     finally:
