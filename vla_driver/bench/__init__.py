@@ -7,6 +7,7 @@ import resource
 import time
 import tracemalloc
 from collections.abc import Callable
+from queue import Empty
 
 import numpy as np
 
@@ -43,6 +44,19 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_result(proc, queue, poll_s: float = 5.0) -> dict:
+    """What a measuring child process put on ``queue``, or an ``error`` if it died first (killed for memory,
+    say) instead of waiting on a result that will never come."""
+    while True:
+        try:
+            result = queue.get(timeout=poll_s)
+            proc.join()
+            return result
+        except Empty:
+            if not proc.is_alive():
+                return {"error": f"the measuring process died (exit code {proc.exitcode})"}
 
 
 def peak_python_mb(fn: Callable[[], object]) -> float:

@@ -10,7 +10,7 @@ import torch
 
 from ..runtime.loading import load_policy
 from ..sim.highway import DrivingSim
-from . import emit, peak_rss_mb, percentiles, time_calls
+from . import child_result, emit, peak_rss_mb, percentiles, time_calls
 
 
 def _measure(backend: str, checkpoint: str, iters: int, threads: int, queue) -> None:
@@ -51,8 +51,7 @@ def run(checkpoint: str = "", iters: int = 100, threads: int = 2) -> dict:
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(backend, checkpoint, iters, threads, queue))
         proc.start()
-        out[backend] = queue.get(timeout=900)
-        proc.join()
+        out[backend] = child_result(proc, queue)
         if "error" in out[backend]:
             raise RuntimeError(out[backend]["error"])
     t, o = out["torch"], out["onnxruntime"]

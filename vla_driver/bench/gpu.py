@@ -17,7 +17,6 @@ does not fail on a typo.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,15 +31,10 @@ from ..model.build import build_model
 from ..model.config import VLAConfig
 from ..model.standin import make_llm_standin, make_vision_standin
 from ..runtime.policy import TorchPolicy
-from . import peak_rss_mb, percentiles, time_calls
+from . import emit, peak_rss_mb, percentiles, time_calls
 
 NOT_NEEDED = ("rclpy", "highway_env", "onnxruntime", "tensorrt", "panda3d", "gymnasium", "rosbags", "mcap")
 VISION_FOR = {"tiny": "tiny"}  # every other LLM size gets the SigLIP-base tower
-
-
-def _line(record: dict) -> None:
-    print(json.dumps({"bench": "gpu", **{k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}}),
-          flush=True)
 
 
 def _observation(policy: TorchPolicy, seed: int = 0) -> Observation:
@@ -112,14 +106,14 @@ def run(device: str = "cuda", size: str = "0.5b", iters: int = 30, dtype: str = 
     torch_dtype = getattr(torch, dtype)
     records = []
 
-    def emit(record):
+    def report(record):
         records.append(record)
-        _line(record)
+        emit({"bench": "gpu", **record})
 
     with tempfile.TemporaryDirectory(prefix="vla-gpu-check-") as tmp:
         llm_dir = make_llm_standin(Path(tmp) / "llm", size)
         vision_dir = make_vision_standin(Path(tmp) / "vision", VISION_FOR.get(size, "vit-b"))
-        emit({"check": "build", "size": size, "device": str(dev), "dtype": dtype,
+        report({"check": "build", "size": size, "device": str(dev), "dtype": dtype,
               "gpu": torch.cuda.get_device_name(dev) if on_gpu else None, "torch": torch.__version__,
               "seconds": time.perf_counter() - start})
         compile_s = 0.0  # what compiling the first rig took: the second is compiled only if that fits the budget
@@ -131,14 +125,14 @@ def run(device: str = "cuda", size: str = "0.5b", iters: int = 30, dtype: str = 
                       f"and the run must end within {budget_s:.0f} s")
             for record in _measure_rig(TorchPolicy(model), cameras, iters, sync,
                                        compile_backend if compile_now else "none", on_gpu):
-                emit(record)
+                report(record)
                 if record.get("mode", "eager") != "eager":
                     compile_s = max(compile_s, record["first_call_s"])
             del model
             if on_gpu:
                 torch.cuda.empty_cache()
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if on_gpu else peak_rss_mb()
-    emit({"check": "memory", "peak_gpu_mb" if on_gpu else "peak_rss_mb": peak,
+    report({"check": "memory", "peak_gpu_mb" if on_gpu else "peak_rss_mb": peak,
           "seconds": time.perf_counter() - start,
           "imported_but_not_needed": sorted(m for m in NOT_NEEDED if m in sys.modules)})
     return records

@@ -16,7 +16,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 
 import matplotlib
 import numpy as np
@@ -33,7 +32,7 @@ from ..runtime.graph_spec import TOKEN_EMBEDDINGS, load_graph_specs, save_graph_
 from ..runtime.loading import ensure_exported, graph_policy, load_policy, resolve_checkpoint
 from ..runtime.onnx_backend import OrtSessions
 from ..sim.parity_frames import simulator_observations
-from . import emit, peak_rss_mb, percentiles, time_calls
+from . import child_result, emit, peak_rss_mb, percentiles, time_calls
 from .backends import frame_for_bench
 
 matplotlib.use("Agg")
@@ -169,18 +168,6 @@ def pass_flops(model, prompt_tokens: int) -> float:
     return 2.0 * rest * prompt_tokens + 2.0 * tower * patches * model.cfg.views
 
 
-def _result(proc, queue, poll_s: float = 5.0) -> dict:
-    """The child's result, or an error if it died first (killed for memory, say) instead of waiting on it."""
-    while True:
-        try:
-            result = queue.get(timeout=poll_s)
-            proc.join()
-            return result
-        except Empty:
-            if not proc.is_alive():
-                return {"error": f"the measuring process died (exit code {proc.exitcode})"}
-
-
 def matmul_gflops(n: int = 2048, threads: int = 2) -> float:
     """This CPU's fp32 matmul rate with ``threads`` threads: the compute limit's denominator."""
     torch.set_num_threads(threads)
@@ -215,7 +202,7 @@ def run(variants=DEFAULT_VARIANTS, backends=BACKENDS, work: str = "runs/bench/sc
             proc = ctx.Process(target=_measure, args=(backend, str(ckpt), iters, threads,
                                                       frames if backend == "onnxruntime-int8" else 0, queue))
             proc.start()
-            r = _result(proc, queue)
+            r = child_result(proc, queue)
             if "error" in r:
                 print(f"{label} {r['error']}")
                 continue

@@ -112,8 +112,7 @@ def _static_problems(spec, onnx_path: Path, allow_recent: bool) -> list[str]:
     problems = list(spec.problems())
     if not onnx_path.is_file():
         return [*problems, f"ONNX file not found: {onnx_path}"]
-    data = onnx_path.with_name(spec.data_file) if spec.data_file else None
-    for path, digest in ((onnx_path, spec.onnx_sha256), (data, spec.data_sha256)):
+    for path, digest in ((onnx_path, spec.onnx_sha256), (spec.data_beside(onnx_path), spec.data_sha256)):
         if digest:
             try:
                 verify_file_hash(path, digest)
@@ -205,10 +204,14 @@ def run_build_engine(args) -> int:
     return 1 if failed else 0
 
 
+def _cpu_session(spec, onnx: Path, threads: int) -> OrtSession:
+    """``onnx`` (the graph of ``spec``, wherever it was given) on ORT's CPU provider, its files verified."""
+    return OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
+                      data_file=spec.data_beside(onnx), data_sha256=spec.data_sha256 or None)
+
+
 def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: int = 2) -> list[dict]:
-    reference = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
-                           data_file=onnx.with_name(spec.data_file) if spec.data_file else None,
-                           data_sha256=spec.data_sha256 or None)
+    reference = _cpu_session(spec, onnx, threads)
     rows = compare_runners(reference, TrtRunner(engine, spec), spec, precision)
     for row in rows:
         figure = row.get("max_abs_diff", row.get("agreement", row.get("error")))
@@ -220,9 +223,7 @@ def _compare_with_ort(spec, onnx: Path, engine: Path, precision: str, threads: i
 def _check_ort(spec, onnx: Path, threads: int) -> dict:
     """Load the graph in ONNX Runtime (CPU) and run it at min/opt/max: shapes and finiteness."""
 
-    session = OrtSession(onnx, spec.onnx_sha256 or None, threads=threads, providers="cpu",
-                         data_file=onnx.with_name(spec.data_file) if spec.data_file else None,
-                         data_sha256=spec.data_sha256 or None)
+    session = _cpu_session(spec, onnx, threads)
     problems = []
     for point in PROFILE_POINTS:
         outputs = session.run(sample_feeds(spec, point))

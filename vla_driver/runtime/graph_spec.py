@@ -157,7 +157,11 @@ class GraphSpec:
 
     def data_path(self, base_dir: str | Path = ".") -> Path | None:
         """The external weights file, or None for a graph that holds its weights."""
-        return self.onnx_path(base_dir).with_name(self.data_file) if self.data_file else None
+        return self.data_beside(self.onnx_path(base_dir))
+
+    def data_beside(self, onnx_path: str | Path) -> Path | None:
+        """The weights file of this graph read from ``onnx_path`` (it lies beside the graph), or None."""
+        return Path(onnx_path).with_name(self.data_file) if self.data_file else None
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:

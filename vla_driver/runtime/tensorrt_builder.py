@@ -174,7 +174,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, spec: GraphSpec, p
     if spec.onnx_sha256:
         verify_file_hash(onnx_path, spec.onnx_sha256)
     if spec.data_file and spec.data_sha256:  # parse_from_file reads the weights file beside the graph
-        verify_file_hash(onnx_path.with_name(spec.data_file), spec.data_sha256)
+        verify_file_hash(spec.data_beside(onnx_path), spec.data_sha256)
     trt = import_tensorrt()
     key = runtime_engine_key(spec, precision, checkpoint_sha256, adapter)
     if not key.checkpoint_sha256:
