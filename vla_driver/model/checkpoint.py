@@ -263,10 +263,12 @@ def _load_referenced_base(ckpt_dir: Path, entry: dict):
     return base
 
 
-def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu"):
-    """Verify, then rebuild the model from its own files (no hub access, no pickle)."""
+def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu", verified: dict | None = None):
+    """Verify, then rebuild the model from its own files (no hub access, no pickle). ``verified``: the
+    manifest ``verify_checkpoint`` just returned for this directory, so its files (a referenced 1 GB base
+    among them) are not hashed a second time."""
     ckpt_dir = Path(ckpt_dir)
-    manifest = verify_checkpoint(ckpt_dir)
+    manifest = verified if verified is not None else verify_checkpoint(ckpt_dir)
     cfg = VLAConfig.from_dict(manifest["config"])
     vocab = DecisionVocabulary.from_dict(manifest["vocabulary"])
     tokenizer = load_tokenizer(ckpt_dir / "tokenizer")

@@ -77,7 +77,7 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
     elif choice.name == "onnxruntime":
         policy = graph_policy(ort_runners, specs, path / "onnx", manifest, "onnxruntime", path)
     else:
-        policy = TorchPolicy(load_checkpoint(path))
+        policy = TorchPolicy(load_checkpoint(path, verified=manifest))
     choice = dataclasses.replace(choice, warnings=tuple(warnings) + tuple(choice.warnings))
     policy.backend_choice = choice
     for w in choice.warnings:
