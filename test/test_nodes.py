@@ -474,3 +474,26 @@ def test_a_parameter_the_node_cannot_run_with_stops_it_in_one_line_and_descripto
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_a_backend_that_fell_short_of_the_request_keeps_the_status_at_warn_and_names_why(harness, tmp_path):
+    """ONNX graphs damaged on disk: the node drives on torch, and every status says so (not a silent OK)."""
+    import shutil
+
+    from vla_driver.nodes.diagnostics import OK, WARN, NodeDiagnostics
+    from vla_driver.runtime.loading import DEFAULT_CHECKPOINT, load_policy
+
+    checkpoint = shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "ckpt")
+    weights = checkpoint / "onnx" / "weights.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    diagnostics = NodeDiagnostics(harness.node)
+    diagnostics.set_backend(load_policy(checkpoint, backend="onnxruntime"))
+    diagnostics.set_status(OK, "KEEP, STRAIGHT")
+    status = diagnostics.status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == WARN and values["backend"] == "torch"
+    assert "cannot load the graphs" in status.message and "weights.onnx.data" in values["backend_warnings"]
+    diagnostics.set_backend(load_policy(DEFAULT_CHECKPOINT, backend="onnxruntime"))
+    assert diagnostics.status().level == OK and "backend_warnings" not in {kv.key for kv in diagnostics.status().values}

@@ -17,11 +17,15 @@ def run(domain_id: int = 191, work: str = "") -> dict:
         results = [{**asdict(r), "passed": r.passed, "fallback_within_cycle": r.fallback_within_cycle}
                    for r in out["results"]]
         (Path(work) / "results.json").write_text(json.dumps(
-            {"summary": out["summary"], "logged": out["logged"], "results": results}, indent=2))
-    print(f"{'fault':42s} {'alive':>5s} {'diag':>5s} {'stop':>5s} {'fallback s':>10s} {'brake':>5s} {'recover s':>9s}")
+            {"summary": out["summary"], "logged": out["logged"], "results": results, "left_out": out["left_out"]},
+            indent=2))
+    for name, why in out["left_out"].items():
+        print(f"left out: {name} ({why})")
+    width = max(len(r.name) for r in out["results"])
+    print(f"{'fault':{width}s} {'alive':>5s} {'diag':>5s} {'stop':>5s} {'fallback s':>10s} {'brake':>5s} {'recover s':>9s}")
     for r in out["results"]:
         stop = ("yes" if r.stopped else "NO") if r.stops else ("NO" if r.stopped else "-")
-        print(f"{r.name:42s} {_yes(r.survived):>5s} {_yes(r.diagnosed):>5s} {stop:>5s} "
+        print(f"{r.name:{width}s} {_yes(r.survived):>5s} {_yes(r.diagnosed):>5s} {stop:>5s} "
               f"{_num(r.fallback_s):>10s} {('-' if r.braked is None else _yes(r.braked)):>5s} {_num(r.recovered_s):>9s}"
               + ("" if r.passed else "   FAILED"))
     logged = out["logged"]

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ..bench import backends, camera, decision, faults, logger, open_loop, replay, rl_gain, scale, soak
+from ..harness.faults import enter_private_mounts
 from .common import (
     DEFAULT_SCENARIOS,
     add_eval_arguments,
@@ -76,7 +77,8 @@ def register(sub) -> None:
     b = bench.add_parser("faults", help="faults injected into the nodes running as separate processes: "
                                          "survival, fallback time, diagnostics, recovery, logged data")
     b.add_argument("--domain-id", type=int, default=191, help="ROS domain of the suite's own graph")
-    b.add_argument("--work", default="", help="keep the node logs and the logger's bags here")
+    b.add_argument("--work", default="", help="keep the node logs here, and the logger's bags where they are not "
+                                              "on the suite's small disk (as root: a tmpfs that goes with the run)")
     b.set_defaults(func=_faults)
 
     b = bench.add_parser("soak", help="the closed loop through the node processes, episodes back to back: "
@@ -145,6 +147,7 @@ def _replay(args) -> int:
 
 
 def _faults(args) -> int:
+    enter_private_mounts()  # as root: again, in a mount namespace of its own, for the disk-full case's disk
     summary = faults.run(args.domain_id, args.work)
     return 0 if summary["passed"] == summary["cases"] else 1
 

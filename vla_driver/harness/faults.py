@@ -53,6 +53,7 @@ from ..nodes.dds import use_profile
 from ..runtime.loading import resolve_checkpoint
 from ..sim.expert import ExpertPolicy
 from ..sim.highway import DrivingSim
+from . import fault_hooks
 
 SPEED = 10.0  # m/s, the sensor feed's constant speed
 CAMERA_HZ, ODOM_HZ, NAV_PERIOD_S = 10.0, 20.0, 1.0
@@ -61,6 +62,8 @@ CONTROLLER_MAX_INPUT_AGE_S = 0.5
 DECISION_TIMEOUT_S = 2.0
 SETTLE_TIMEOUT_S = 60.0  # waits for output, never asserted as a time
 LOGGER_READY = "[logger_node]: logging "  # the line a logger prints once its subscriptions exist
+LOGGER_MIN_FREE_MB = 256.0  # the logger's free-space floor here (the car's config keeps 2 GB)
+PRIVATE_MOUNTS = "VLA_DRIVER_PRIVATE_MOUNTS"  # set in a process that runs in a mount namespace of its own
 
 
 @dataclass
@@ -68,7 +71,8 @@ class FaultCase:
     """One fault. ``start`` / ``stop`` act on the running :class:`FaultRig`; ``detect_after_s``: how long after
     ``start`` the nodes can know (an input's age limit for a silent input, 0 for a refused message);
     ``stops``: the car must get a stop trajectory (else it must keep driving); ``cause``: a word the
-    ``/diagnostics`` of ``node`` must show."""
+    ``/diagnostics`` of ``node`` must show. ``start`` may return the monotonic time the fault began, when
+    that is not the moment it was called (a node must first be stopped)."""
 
     name: str
     start: Callable
@@ -79,6 +83,8 @@ class FaultCase:
     detect_after_s: float = 0.0
     hold_s: float = 1.5
     answered: Callable | None = None  # for a request: did its answer give the reason? (rig -> bool)
+    brakes_only: bool = False  # no trajectory can come (the action node is down): the controller must brake
+    needs_small_disk: bool = False  # runs only where the rig could mount one (``SmallDisk``)
 
 
 @dataclass
@@ -123,6 +129,46 @@ def _follow(expert, obs, sim):
     return PurePursuitPID().command(expert.plan(obs, expert.decide(obs).decision), sim.ego_pose()[3], sim.dt)
 
 
+def enter_private_mounts() -> None:
+    """Run this process again in a mount namespace of its own (as root, with util-linux's ``unshare``), so
+    the suite can give the logger a small disk that it can fill, and that vanishes with the run."""
+    if os.environ.get(PRIVATE_MOUNTS) or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return
+    code = "import sys; from vla_driver.cli import main; sys.exit(main())"
+    os.execvpe("unshare", ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code,
+                           *sys.argv[1:]], {**os.environ, PRIVATE_MOUNTS: "1"})
+
+
+class SmallDisk:
+    """A tmpfs under the logger's output folder, whose size the disk-full case takes down to just above
+    what is written (the disk fills as a car's does, under the logger) and back."""
+
+    ROOMY = "16g"  # a cap, not memory taken: tmpfs holds what is written
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def mount(cls, path: Path) -> SmallDisk | None:
+        """None outside a private mount namespace (``enter_private_mounts``): never mount on the host's."""
+        if not os.environ.get(PRIVATE_MOUNTS):
+            return None
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={cls.ROOMY}", "vla-faults", str(path)],
+                              capture_output=True, text=True)
+        return cls(path) if done.returncode == 0 else None
+
+    def fill(self, free_mb: float) -> None:
+        """Leave ``free_mb`` free: what the logger already wrote stays, its next writes find the disk full."""
+        used = shutil.disk_usage(self.path).used
+        self._resize(f"{(used + int(free_mb * 2**20)) // 4096 * 4096}")
+
+    def empty(self) -> None:
+        self._resize(self.ROOMY)
+
+    def _resize(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True, capture_output=True)
+
+
 def node_env(domain_id: int) -> dict:
     """The environment node processes run in: their own local ROS domain, one thread per model."""
     return {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
@@ -132,14 +178,17 @@ def node_env(domain_id: int) -> dict:
 class NodeProcess:
     """One node as the car runs it: its console entry point in a process of its own."""
 
-    def __init__(self, name: str, params: dict, env: dict, log_dir: Path):
+    def __init__(self, name: str, params: dict, env: dict, log_dir: Path, triggers: Path | None = None):
         self.name, self.params, self.env, self.log_path = name, params, env, log_dir / f"{name}.log"
+        self.triggers = triggers  # a folder of fault triggers its model watches (``fault_hooks``)
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
         args = [a for k, v in self.params.items() for a in ("-p", f"{k}:={_param_text(v)}")]
-        cmd = [sys.executable, "-c", f"from vla_driver.nodes.{self.name} import main; main()", "--ros-args", *args]
+        code = f"from vla_driver.nodes.{self.name} import main; main()" if self.triggers is None else \
+            f"from vla_driver.harness.fault_hooks import run_node; run_node({self.name!r}, {str(self.triggers)!r})"
+        cmd = [sys.executable, "-c", code, "--ros-args", *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
@@ -174,21 +223,28 @@ class FaultRig:
     """The node processes, the sensor feed and what came back, for one run of cases."""
 
     def __init__(self, work: Path, domain_id: int, checkpoint: str = "", backend: str = "onnxruntime"):
-        self.work, self.checkpoint = Path(work), checkpoint
+        self.work = Path(work)
         self.answers: dict[str, tuple[bool | None, str]] = {}
-        self.logger_down: list[tuple[float, float]] = []  # wall-time spans the logger was not running
+        self.logger_down: list[tuple[float, float]] = []  # wall-time spans the logger was not recording
         self.bags = self.work / "bags"
-        logs = self.work / "logs"
+        self.bags.mkdir(parents=True, exist_ok=True)
+        self.disk = SmallDisk.mount(self.bags)  # None where this process cannot mount one
+        logs, self.triggers = self.work / "logs", self.work / "triggers"
         logs.mkdir(parents=True, exist_ok=True)
+        self.triggers.mkdir(exist_ok=True)
+        # a copy the cases may damage (the package's own checkpoint must stay as it is)
+        self.checkpoint = self.work / "checkpoint"
+        if not self.checkpoint.exists():
+            shutil.copytree(resolve_checkpoint(checkpoint), self.checkpoint, ignore=shutil.ignore_patterns("engines"))
         env = node_env(domain_id)
         # as array('B'): rclpy's Image.data setter takes it as it is (0.4 ms a frame; bytes: ~4 ms)
         self.frames = [(f.shape, array.array("B", _bgra(f).tobytes())) for f in front_frames()]
-        model = {"checkpoint": checkpoint, "backend": backend}
+        model = {"checkpoint": str(self.checkpoint), "backend": backend}
         self.nodes = {
             "decision_node": NodeProcess("decision_node", model, env, logs),
-            "action_node": NodeProcess("action_node", {**model, **ACTION}, env, logs),
+            "action_node": NodeProcess("action_node", {**model, **ACTION}, env, logs, triggers=self.triggers),
             "controller_node": NodeProcess("controller_node", {}, env, logs),
-            "logger_node": NodeProcess("logger_node", {"output_dir": str(self.bags), "min_free_mb": 0.0,
+            "logger_node": NodeProcess("logger_node", {"output_dir": str(self.bags), "min_free_mb": LOGGER_MIN_FREE_MB,
                                                        "segment_duration_s": 600.0}, env, logs),
         }
         use_profile()  # the sensors send the large frames: their participant needs the runtime's profile too
@@ -316,7 +372,7 @@ class FaultRig:
         if self.wait_driving() is None:
             notes.append("not driving before the fault")
         t0, wall0 = time.monotonic(), time.time()
-        case.start(self)
+        t0 = case.start(self) or t0
         time.sleep(case.detect_after_s + case.hold_s)
         t_clear = time.monotonic()
         case.stop(self)
@@ -327,6 +383,8 @@ class FaultRig:
         with self.lock:
             stops = [t for t, s in self.trajectories if s and detect - 0.2 <= t <= t_clear + 0.5]
             braking = [t for t, v in self.commands if t >= detect - 0.2 and v < SPEED - 0.05]
+            if case.brakes_only:
+                stops = [t for t in braking if t <= t_clear + 0.5]
             named = [s for s in self.statuses if t0 <= s[0] and s[1] == case.node and s[2] > 0
                      and case.cause is not None and case.cause in s[3]]
             window = [t for t, s in self.trajectories if s and t0 <= t <= t_clear]
@@ -357,7 +415,7 @@ class FaultRig:
         """A copy of the running checkpoint with one byte of its weights changed (its manifest left as it was)."""
         copy = self.work / "tampered"
         if not copy.exists():
-            shutil.copytree(resolve_checkpoint(self.checkpoint), copy, ignore=shutil.ignore_patterns("onnx", "engines"))
+            shutil.copytree(self.checkpoint, copy, ignore=shutil.ignore_patterns("onnx*", "engines"))
             weights = copy / "modules.safetensors"
             data = bytearray(weights.read_bytes())
             data[-1] ^= 0xFF
@@ -527,6 +585,42 @@ def _nothing(rig) -> None:
     pass
 
 
+def _trigger(name: str, text: str = ""):
+    def trigger(rig) -> None:
+        (rig.triggers / name).write_text(text)
+    return trigger
+
+
+def _untrigger(name: str):
+    return lambda rig: (rig.triggers / name).unlink(missing_ok=True)
+
+
+def _restart_with_damaged_graphs(rig) -> float:
+    """Stop the action node, flip a byte of its graphs' weights file, start it again: the time it stopped."""
+    node = rig.nodes["action_node"]
+    node.stop()
+    stopped = time.monotonic()
+    weights = rig.checkpoint / "onnx" / "weights.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged = weights.with_name(weights.name + ".damaged")
+    damaged.write_bytes(bytes(data))
+    os.replace(damaged, weights)  # a new file: the decision node's loaded graphs stay as they were
+    node.start()
+    return stopped
+
+
+def _fill_disk(rig) -> None:
+    rig.disk.fill(free_mb=LOGGER_MIN_FREE_MB - 56)
+    rig.disk_full_from = time.time()
+
+
+def _free_disk(rig) -> None:
+    rig.disk.empty()
+    # the logger records again at its next retry (2 s), not at once: messages until then are not counted
+    rig.logger_down.append((rig.disk_full_from, time.time() + 3.0))
+
+
 def _burst(rig) -> None:
     rig.camera_rate = CAMERA_HZ * 10
 
@@ -559,6 +653,10 @@ CASES = [
               "non_finite", detect_after_s=CAMERA_AGE),
     FaultCase("odometry with an absurd speed (1e6 m/s)", _set("odom_fault", _odometry_with(1e6)),
               _set("odom_fault", None), "implausible", detect_after_s=CAMERA_AGE),
+    FaultCase("model backend raises", _trigger(fault_hooks.RAISES), _untrigger(fault_hooks.RAISES), "plan failed"),
+    FaultCase(f"inference slower than deadline_ms ({ACTION['deadline_ms']:.0f})",
+              _trigger(fault_hooks.SLOW_MS, "250"), _untrigger(fault_hooks.SLOW_MS), "planning took",
+              detect_after_s=0.25),
     FaultCase("1 MB navigation text", _set("nav_fault", _huge_navigation), _set("nav_fault", None),
               "navigation_too_long", stops=False),
     FaultCase("camera burst at 10x its rate", _burst, _unburst, None, stops=False),
@@ -568,12 +666,16 @@ CASES = [
               _nothing, "not loaded", stops=False),
     FaultCase("checkpoint hot-swapped to a tampered copy", _swap_to(lambda rig: rig.tampered_checkpoint()),
               _nothing, "sha256", stops=False),
+    FaultCase("logger disk full (free space under min_free_mb)", _fill_disk, _free_disk, "DiskQuotaError",
+              node="logger_node", stops=False, needs_small_disk=True),
     FaultCase("logger SIGTERM, restarted", lambda rig: rig.stop_logger(signal.SIGTERM), lambda rig: rig.restart_logger(),
               None, stops=False),
     FaultCase("logger SIGKILL mid-segment, restarted", lambda rig: rig.stop_logger(signal.SIGKILL),
               lambda rig: rig.restart_logger(), None, stops=False),
     FaultCase("decision node killed", _kill("decision_node"), _restart("decision_node"), "no decision",
               stops=False, detect_after_s=DECISION_TIMEOUT_S),
+    FaultCase("ONNX graphs damaged between runs (action node restarted)", _restart_with_damaged_graphs, _nothing,
+              "cannot load the graphs", brakes_only=True, detect_after_s=CONTROLLER_MAX_INPUT_AGE_S),
 ]
 
 
@@ -590,6 +692,8 @@ def run_suite(work: str | Path | None = None, domain_id: int = 191, cases: list[
                 raise RuntimeError(f"the logger never subscribed; logs in {rig.work / 'logs'}")
             rig.start_counting()
             results = []
+            left_out = [] if rig.disk else [c.name for c in cases if c.needs_small_disk]
+            cases = [c for c in cases if c.name not in left_out]
             for case in cases:
                 result = rig.run_case(case)
                 progress(f"{case.name}: {'ok' if result.passed else 'FAILED'} {result}")
@@ -602,4 +706,5 @@ def run_suite(work: str | Path | None = None, domain_id: int = 191, cases: list[
                "fallback_within_cycle": sum(r.fallback_within_cycle for r in results if r.stops),
                "stopping_cases": sum(r.stops for r in results),
                "data_lost_messages": sum(logged["lost_in"].values()), "odometry_logged": logged["recorded"]}
-    return {"summary": summary, "results": results, "logged": logged}
+    return {"summary": summary, "results": results, "logged": logged,
+            "left_out": {name: "needs a small disk to fill: run as root, with unshare" for name in left_out}}

@@ -72,7 +72,8 @@ class ActionNode(HotSwap, Node):
         self.inputs = ObservationAssembler(self.params.default_navigation,
                                            CameraSet(self.policy.rig, self.params.camera_slop_s, self.policy.history))
         self.decision: tuple[Decision, float] | None = None
-        self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
+        self.diagnostics = NodeDiagnostics(self)
+        self.diagnostics.set_backend(self.policy)
         self._last_planned_stamp = None
         self._warm_up()
         self.enable_hot_swap(self._plan_twice)

@@ -47,7 +47,8 @@ class DecisionNode(HotSwap, Node):
         self.on_decision = on_decision
         self.inputs = ObservationAssembler(self.params.default_navigation,
                                            CameraSet(self.policy.rig, self.params.camera_slop_s, self.policy.history))
-        self.diagnostics = NodeDiagnostics(self, backend=self.policy.backend_name)
+        self.diagnostics = NodeDiagnostics(self)
+        self.diagnostics.set_backend(self.policy)
         self._last_stamp = None
         try:
             self._warm_up_policy(self.policy)

@@ -26,11 +26,20 @@ class NodeDiagnostics:
         self._cycle_times = deque(maxlen=window)  # node-clock seconds, so rates are in sim time in sim
         self._latencies_ms = deque(maxlen=window)
         self.backend = backend
+        self.backend_shortfall = ""  # why the backend serving the model is not the one asked for
         self.counters = Counter()
         self.input_ages: dict[str, float] = {}
         self.values: dict[str, str] = {}
         self.level, self.message = OK, "starting"
         self._timer = node.create_timer(period_s, self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def set_backend(self, policy) -> None:
+        """The backend serving ``policy``. One that fell short of the request (a graph failed its hash, engines
+        their cache rules) is named in every status, and keeps an OK one at WARN: the car drives, slower."""
+        choice = getattr(policy, "backend_choice", None)
+        with self._lock:
+            self.backend = policy.backend_name
+            self.backend_shortfall = " | ".join(choice.warnings) if choice is not None else ""
 
     def cycle_done(self, latency_ms: float | None = None) -> None:
         """Record one completed loop iteration (for the measured rate) and its compute latency."""
@@ -98,10 +107,14 @@ class NodeDiagnostics:
         values = {f"{k}": "n/a" if v is None else f"{v:.3f}" for k, v in self.stats().items()}
         with self._lock:
             values["backend"] = self.backend
+            if self.backend_shortfall:
+                values["backend_warnings"] = self.backend_shortfall
             values.update({k: str(v) for k, v in sorted(self.counters.items())})
             values.update({f"age_{k}_s": f"{v:.3f}" for k, v in sorted(self.input_ages.items())})
             values.update(self.values)
             level, message = self.level, self.message
+            if level == OK and self.backend_shortfall:
+                level, message = WARN, f"{message}; backend {self.backend}: {self.backend_shortfall}"
         return DiagnosticStatus(
             level=level, name=f"vla_driver: {self._node.get_name()}", message=message,
             hardware_id="vla_driver", values=[KeyValue(key=k, value=v) for k, v in values.items()],

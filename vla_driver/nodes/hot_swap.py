@@ -103,7 +103,7 @@ class HotSwap:
         if policy is None:
             return False
         old, self.policy = self.policy.model_version, policy
-        self.diagnostics.backend = policy.backend_name
+        self.diagnostics.set_backend(policy)
         self.diagnostics.values["model_version"] = str(policy.model_version)
         self.diagnostics.count("swaps")
         self.get_logger().info(f"hot swap: model {old} -> {policy.model_version} ({policy.backend_name})")
