@@ -9,6 +9,9 @@ and its Twist-to-control converter (it reads /carla/<role_name>/twist):
 
 CARLA has no route instruction topic: publish one on /carla/ego_vehicle/navigation (std_msgs/String)
 or the nodes use their default_navigation parameter.
+
+With SROS2 the keystore's grants must name the topics below (`vla-driver keystore create --remap`, see
+docs/design.md#sros2), and the bridge needs an enclave of its own.
 """
 import os
 

@@ -39,6 +39,7 @@ def generate_launch_description():
         ),
         Node(
             package="vla_driver", executable="sim_bridge_node", name="sim_bridge_node", output="screen",
+            ros_arguments=["--enclave", "/vla_driver/sim_bridge_node"],  # SROS2 identity; inert with security off
             parameters=[
                 LaunchConfiguration("sim_bridge_node_params"),
                 {

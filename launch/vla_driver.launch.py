@@ -62,6 +62,7 @@ def generate_launch_description():
         DeclareLaunchArgument("cmd_vel_topic", default_value="cmd_vel", description="geometry_msgs/Twist"),
         Node(
             package="vla_driver", executable="decision_node", name="decision_node", output="screen",
+            ros_arguments=["--enclave", "/vla_driver/decision_node"],  # SROS2 identity; inert with security off
             parameters=[LaunchConfiguration("decision_node_params"), policy],
             remappings=[
                 ("image", LaunchConfiguration("image_topic")),
@@ -78,6 +79,7 @@ def generate_launch_description():
         ),
         Node(
             package="vla_driver", executable="action_node", name="action_node", output="screen",
+            ros_arguments=["--enclave", "/vla_driver/action_node"],  # SROS2 identity; inert with security off
             parameters=[LaunchConfiguration("action_node_params"), policy, {"plan_on_image": lockstep}],
             remappings=[
                 ("image", LaunchConfiguration("image_topic")),
@@ -96,6 +98,7 @@ def generate_launch_description():
         ),
         Node(
             package="vla_driver", executable="controller_node", name="controller_node", output="screen",
+            ros_arguments=["--enclave", "/vla_driver/controller_node"],  # SROS2 identity; inert with security off
             parameters=[
                 LaunchConfiguration("controller_node_params"),
                 {"use_sim_time": use_sim_time, "publish_on_trajectory": lockstep},
@@ -108,6 +111,7 @@ def generate_launch_description():
         ),
         Node(
             package="vla_driver", executable="logger_node", name="logger_node", output="screen",
+            ros_arguments=["--enclave", "/vla_driver/logger_node"],  # SROS2 identity; inert with security off
             condition=IfCondition(LaunchConfiguration("log")),
             parameters=[
                 LaunchConfiguration("logger_node_params"),

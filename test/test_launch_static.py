@@ -21,6 +21,7 @@ from vla_driver.nodes.action_node import ActionNode, ActionParams  # noqa: E402
 from vla_driver.nodes.controller_node import ControllerNode, ControllerParams  # noqa: E402
 from vla_driver.nodes.decision_node import DecisionNode, DecisionParams  # noqa: E402
 from vla_driver.nodes.logger_node import LoggerNode, LoggerParams  # noqa: E402
+from vla_driver.nodes.security import NODE_TOPICS, enclave_path  # noqa: E402
 from vla_driver.nodes.sim_bridge_node import SimBridgeNode, SimBridgeParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,21 @@ def test_launch_configurations_and_includes_use_declared_arguments(path):
         included_args = set(declared_arguments(parse(ROOT / "launch" / target)))
         passed = {k.value for k in kwarg(include, "launch_arguments").func.value.keys}
         assert passed <= included_args, f"{target} does not declare {passed - included_args}"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_node_runs_in_its_own_enclave_of_the_keystore(path):
+    """``--enclave /vla_driver/<node>``: the identity and grant ``vla-driver keystore create`` writes for it."""
+    for node in calls(parse(path), "Node"):
+        name, ros_arguments = kwarg(node, "name").value, kwarg(node, "ros_arguments")
+        assert ros_arguments is not None, f"{path.name}: {name} runs without an enclave"
+        assert [a.value for a in ros_arguments.elts] == ["--enclave", enclave_path(name)], path.name
+        assert name in NODE_TOPICS, f"{path.name}: the keystore has no enclave for {name}"
+
+
+def test_the_keystore_has_an_enclave_for_exactly_the_launched_nodes():
+    launched = {kwarg(node, "name").value for path in LAUNCH_FILES for node in calls(parse(path), "Node")}
+    assert launched == set(NODE_TOPICS)
 
 
 def test_every_topic_of_the_vehicle_stack_is_remappable():

@@ -31,6 +31,7 @@ COMMANDS = {
     "promote": ("rl", "install a checkpoint as the registry's current model (+ engines)"),
     "build-engine": ("deploy", "build TensorRT engines from exported ONNX graphs (on the car)"),
     "verify": ("deploy", "check exported graphs and engines (hashes, operators, cache, numerics)"),
+    "keystore": ("keystore", "SROS2 keystore: CA, governance, one enclave per node with its topics"),
     "bench": ("bench", "benchmarks that print figures and one JSON line"),
 }
 

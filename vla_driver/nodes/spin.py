@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation
 
 from vla_driver.model.checkpoint import CheckpointError
 
@@ -39,9 +40,9 @@ def spin_standalone(node_cls, args=None) -> None:
     """``main()`` of every node: one node in its own process on a multi-threaded executor, on the runtime's
     Fast DDS profile (``dds.use_profile``: large frames in shared memory)."""
     use_profile()
-    rclpy.init(args=args)
     node = None
     try:
+        rclpy.init(args=args)
         node = node_cls()
         with frozen_heap():
             rclpy.spin(node, executor=MultiThreadedExecutor())
@@ -50,6 +51,9 @@ def spin_standalone(node_cls, args=None) -> None:
     except (CheckpointError, ParameterValueError) as err:  # refused at start (a hash, a signature, a parameter
         # value it cannot run with): one line for the launch log
         rclpy.logging.get_logger(node_cls.__name__).fatal(f"not starting: {err}")
+        raise SystemExit(1) from None
+    except rclpy_implementation.RCLError as err:  # the middleware refused: e.g. SROS2 enforced, no enclave
+        rclpy.logging.get_logger(node_cls.__name__).fatal(f"not starting: {str(err).splitlines()[0]}")
         raise SystemExit(1) from None
     finally:
         if node is not None:
