@@ -26,8 +26,8 @@ def run(domain_id: int = 191, work: str = "") -> dict:
     for r in out["results"]:
         stop = ("yes" if r.stopped else "NO") if r.stops else ("NO" if r.stopped else "-")
         print(f"{r.name:{width}s} {_yes(r.survived):>5s} {_yes(r.diagnosed):>5s} {stop:>5s} "
-              f"{_num(r.fallback_s):>10s} {('-' if r.braked is None else _yes(r.braked)):>5s} {_num(r.recovered_s):>9s}"
-              + ("" if r.passed else "   FAILED"))
+              f"{_num(r.fallback_s):>10s} {_yes(r.braked) if r.stops else ('BRAKE' if r.braked else '-'):>5s} {_num(r.recovered_s):>9s}"
+              + ("" if r.passed else f"   FAILED {'; '.join(r.notes)}"))
     logged = out["logged"]
     print(f"logger: {logged['recorded']} of {logged['sent']} odometry messages sent during the suite recorded; "
           f"reported lost by the logger (middleware): {logged['reported_lost']}; missed by a reader in the "

@@ -33,13 +33,13 @@ from nav_msgs.msg import Path as PathMsg
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
-from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ..core.camera_rig import load_rig
 from ..core.control import PurePursuitPID
 from ..core.trajectory import TrajectorySpec, stop_trajectory
+from ..experience.bag_open import open_bags
 from ..experience.reader import find_bags
 from ..experience.repair import repair_all
 from ..nodes.convert import (
@@ -95,7 +95,7 @@ class CaseResult:
     stopped: bool  # a stop trajectory came while the fault lasted
     stops: bool  # the case must stop the car (else it must keep driving)
     fallback_s: float | None
-    braked: bool | None
+    braked: bool  # stopping case: a braking command came once the fault showed; else: the controller braked
     recovered_s: float | None
     notes: list[str] = field(default_factory=list)
 
@@ -106,7 +106,7 @@ class CaseResult:
     @property
     def passed(self) -> bool:
         ok = self.survived and self.diagnosed and self.recovered_s is not None
-        return ok and (self.stopped and bool(self.braked) if self.stops else not self.stopped)
+        return ok and (self.stopped and self.braked if self.stops else not (self.stopped or self.braked))
 
 
 def front_frames(count: int = 20, seed: int = 0) -> list[np.ndarray]:
@@ -257,7 +257,7 @@ class FaultRig:
         self.lock = threading.Lock()
         self.trajectories: list[tuple[float, bool]] = []  # (arrival, is a stop trajectory)
         self.commands: list[tuple[float, float]] = []  # (arrival, commanded speed)
-        self.statuses: list[tuple[float, str, int, str]] = []  # (arrival, node, level, message + values)
+        self.statuses: list[tuple[float, str, int, str, str]] = []  # (arrival, node, level, message + values, message)
         self.sent: dict[str, int] = {"camera": 0, "odom": 0, "navigation": 0}
         self.count_from = float("inf")  # wall time from which sent messages are counted (the logger listens)
         self.sent_stamps: list[float] = []  # odometry stamps sent since count_from
@@ -304,7 +304,7 @@ class FaultRig:
             for s in msg.status:
                 text = s.message + " " + " ".join(f"{kv.key}={kv.value}" for kv in s.values)
                 level = s.level[0] if isinstance(s.level, bytes) else int(s.level)  # a `byte` field
-                self.statuses.append((now, s.name.split(": ")[-1], level, text))
+                self.statuses.append((now, s.name.split(": ")[-1], level, text, s.message))
 
     def _spin(self) -> None:
         while not self._stop.is_set():
@@ -388,6 +388,10 @@ class FaultRig:
             named = [s for s in self.statuses if t0 <= s[0] and s[1] == case.node and s[2] > 0
                      and case.cause is not None and case.cause in s[3]]
             window = [t for t, s in self.trajectories if s and t0 <= t <= t_clear]
+            # the controller brakes on its own (stale trajectory or odometry): never due in a case it drives through
+            controller_braking = sorted({s[4] for s in self.statuses
+                                         if s[1] == "controller_node" and s[2] == 2 and t0 <= s[0] <= t_clear + 0.5})
+        notes += [f"controller: {text}" for text in controller_braking]
         first_stop = min(stops) if stops else None
         survived = all(n.alive() for n in self.nodes.values())
         return CaseResult(
@@ -395,7 +399,7 @@ class FaultRig:
             diagnosed=(case.cause is None or bool(named)) and (case.answered is None or case.answered(self)),
             stopped=bool(stops) if case.stops else bool(window), stops=case.stops,
             fallback_s=None if first_stop is None or not case.stops else round(max(0.0, first_stop - detect), 3),
-            braked=bool(braking) if case.stops else None,
+            braked=bool(braking) if case.stops else bool(controller_braking),
             recovered_s=None if recovered is None else round(recovered, 3), notes=notes)
 
     def set_parameter(self, node: str, name: str, value) -> None:
@@ -473,7 +477,7 @@ class FaultRig:
         repaired = [r.summary() for r in repair_all(self.bags, progress=False)]  # a killed logger's segment
         recorded = set()
         for bag in find_bags(self.bags):
-            with AnyReader([bag]) as reader:
+            with open_bags([bag]) as reader:
                 odom = [c for c in reader.connections if c.topic.endswith("/odom")]
                 for connection, _, raw in reader.messages(connections=odom):
                     stamp = stamp_to_seconds(reader.deserialize(raw, connection.msgtype).header.stamp)
@@ -483,7 +487,7 @@ class FaultRig:
             down = [t for t in self.sent_stamps if any(a <= t <= b for a, b in self.logger_down)]
             missing = [t for t in self.sent_stamps if round(t, 6) not in recorded and t not in down]
             missed_by_witness = sum(round(t, 6) not in self.witnessed for t in self.sent_stamps)
-            reported = max((int(v) for _, n, _, text in self.statuses if n == "logger_node"
+            reported = max((int(v) for _, n, _, text, _ in self.statuses if n == "logger_node"
                             for v in re.findall(r"\blost=(\d+)", text)), default=0)
         lost_in = {}
         for t in missing:  # which case each lost message was sent in
