@@ -108,6 +108,9 @@ def test_the_cli_signs_inspects_and_promote_signs_what_it_installs(tiny_checkpoi
     registry = tmp_path / "registry"
     record = promote(tiny_checkpoint, registry, sign_key=owner)
     assert record["signed_by"] == verify_signature(registry / "current", load_trusted_keys(f"{owner}.pub"))
+    # the graphs a node would otherwise export unsigned at its first start are made and signed with it
+    assert load_policy(registry / "current", "onnxruntime", threads=1, trusted_keys=f"{owner}.pub").backend_name \
+        == "onnxruntime"
     with pytest.raises(CheckpointError):
         promote(tiny_checkpoint, tmp_path / "registry2", sign_key=f"{owner}.pub")  # a public key cannot sign
     assert not (tmp_path / "registry2").exists()  # refused before anything was installed
@@ -139,3 +142,40 @@ def test_a_node_with_trusted_keys_keeps_its_model_when_swapped_to_an_unsigned_on
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_graphs_run_only_when_signed_with_the_checkpoint_and_a_swapped_set_falls_back_to_torch(tmp_path, keys):
+    """The ONNX graphs beside a checkpoint are trusted only with a signature over their manifest: graphs made
+    after signing, or graphs and graphs.json swapped in by someone who can write the folder, are refused and
+    the signed checkpoint drives on torch, saying why."""
+    from vla_driver.runtime.loading import DEFAULT_CHECKPOINT
+    from vla_driver.runtime.trust import sign_with_artifacts
+
+    owner, stranger = keys
+    trusted = f"{owner}.pub"
+    ckpt = shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "ckpt")  # comes with its graphs in onnx/ and onnx-int8/
+    sign_checkpoint(ckpt, owner)  # the checkpoint alone: its graphs are not vouched for
+    unsigned = load_policy(ckpt, "onnxruntime", threads=1, trusted_keys=trusted)
+    assert unsigned.backend_name == "torch"
+    assert any("ONNX graphs refused" in w and "unsigned" in w for w in unsigned.backend_choice.warnings)
+
+    kid, signed = sign_with_artifacts(ckpt, owner)
+    assert {p.relative_to(ckpt).as_posix() for p in signed} == {"onnx/graphs.json", "onnx-int8/graphs.json"}
+    assert load_policy(ckpt, "onnxruntime", threads=1, trusted_keys=trusted).backend_name == "onnxruntime"
+    assert load_policy(ckpt, "onnxruntime", threads=1, trusted_keys=f"{stranger}.pub,{trusted}").backend_name \
+        == "onnxruntime"
+
+    # someone swaps in graphs of their own with a graphs.json naming them (and the checkpoint's hash)
+    spec_file = ckpt / "onnx" / "graphs.json"
+    specs = json.loads(spec_file.read_text())
+    specs["note"] = "replaced"
+    spec_file.write_text(json.dumps(specs))
+    swapped = load_policy(ckpt, "onnxruntime", threads=1, trusted_keys=trusted)
+    assert swapped.backend_name == "torch"
+    assert any("ONNX graphs refused" in w and "does not match" in w for w in swapped.backend_choice.warnings)
+
+    # signing refuses graphs whose files differ from their manifest
+    weights = ckpt / "onnx-int8" / next(p.name for p in (ckpt / "onnx-int8").glob("*.onnx"))
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="does not match|sha256"):
+        sign_with_artifacts(ckpt, owner)

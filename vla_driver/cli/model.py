@@ -7,9 +7,10 @@ from pathlib import Path
 from ..model.build import build_random_checkpoint
 from ..model.checkpoint import CheckpointError, read_manifest, verify_checkpoint
 from ..model.config import VLAConfig
-from ..model.signing import generate_key, load_trusted_keys, sign_checkpoint, verify_signature
+from ..model.signing import generate_key, load_trusted_keys, verify_signature
 from ..model.standin import LLM_SIZES, VISION_SIZES, make_llm_standin, make_vision_standin, parameter_count
 from ..runtime.loading import resolve_checkpoint
+from ..runtime.trust import sign_with_artifacts
 from .common import add_rig_argument, rig_from_args
 
 
@@ -91,11 +92,12 @@ def keygen(args) -> int:
 
 def sign(args) -> int:
     try:
-        kid = sign_checkpoint(args.checkpoint, args.key)
-    except (CheckpointError, OSError) as err:
+        kid, artifacts = sign_with_artifacts(args.checkpoint, args.key)
+    except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}")
         return 1
-    print(f"signed {args.checkpoint} with key {kid}")
+    print(f"signed {args.checkpoint} with key {kid}"
+          + (f", and {', '.join(str(p.relative_to(args.checkpoint)) for p in artifacts)}" if artifacts else ""))
     return 0
 
 

@@ -8,6 +8,10 @@ Keys are files: the private key as unencrypted PKCS8 PEM (mode 0600, kept off th
 next to it as ``<key>.pub`` (OpenSSH one-line format, so ``ssh-keygen -t ed25519`` keys work as well).
 ``manifest.sig`` is JSON: one entry per signer (key id = sha256 of the raw public key, first 16 hex),
 so a checkpoint can carry the old and the new key's signature through a key rotation.
+
+What is made from a checkpoint (ONNX graphs, TensorRT engines) has manifests of its own (``graphs.json``,
+``*.engine.manifest.json``) holding its files' hashes; those are signed the same way, beside them as
+``<manifest>.sig`` (:func:`sign_document`), so that nobody who can write the folder swaps the graphs.
 """
 from __future__ import annotations
 
@@ -56,14 +60,27 @@ def sign_checkpoint(ckpt_dir: str | Path, private_key_path: str | Path) -> str:
     against the manifest first: a signature vouches for what is on disk, not for a broken checkpoint."""
     ckpt_dir = Path(ckpt_dir)
     verify_checkpoint(ckpt_dir)
-    key = load_private_key(Path(private_key_path))
+    return _sign(ckpt_dir / MANIFEST, ckpt_dir / SIGNATURE_FILE, load_private_key(Path(private_key_path)))
+
+
+def sign_document(document: str | Path, private_key_path: str | Path) -> str:
+    """Sign another manifest (graphs', an engine's) into ``<document>.sig``; the caller checked its files."""
+    document = Path(document)
+    return _sign(document, _signature_of(document), load_private_key(Path(private_key_path)))
+
+
+def _signature_of(document: Path) -> Path:
+    return document.with_name(document.name + ".sig")
+
+
+def _sign(document: Path, signature_file: Path, key: Ed25519PrivateKey) -> str:
     kid = key_id(key.public_key())
-    signatures = [s for s in _read_signatures(ckpt_dir, missing_ok=True) if s.get("key_id") != kid]
-    signature = key.sign((ckpt_dir / MANIFEST).read_bytes())
+    signatures = [s for s in _read_signatures(signature_file, missing_ok=True) if s.get("key_id") != kid]
+    signature = key.sign(document.read_bytes())
     signatures.append({"key_id": kid, "algorithm": "ed25519", "signature": base64.b64encode(signature).decode()})
-    tmp = ckpt_dir / (SIGNATURE_FILE + ".tmp")
+    tmp = signature_file.with_name(signature_file.name + ".tmp")
     tmp.write_text(json.dumps({"signatures": signatures}, indent=2) + "\n")
-    os.replace(tmp, ckpt_dir / SIGNATURE_FILE)
+    os.replace(tmp, signature_file)
     return kid
 
 
@@ -93,10 +110,20 @@ def verify_signature(ckpt_dir: str | Path, trusted: dict[str, Ed25519PublicKey])
     """The id of the trusted key whose signature of the manifest holds; CheckpointError saying why not
     (unsigned, signed only by keys not trusted here, or a signature that does not match the manifest)."""
     ckpt_dir = Path(ckpt_dir)
+    return _verify(ckpt_dir / MANIFEST, ckpt_dir / SIGNATURE_FILE, trusted, str(ckpt_dir))
+
+
+def verify_document_signature(document: str | Path, trusted: dict[str, Ed25519PublicKey]) -> str:
+    """:func:`verify_signature` for a manifest signed by :func:`sign_document`."""
+    document = Path(document)
+    return _verify(document, _signature_of(document), trusted, str(document))
+
+
+def _verify(document: Path, signature_file: Path, trusted: dict[str, Ed25519PublicKey], name: str) -> str:
     if not trusted:
         raise CheckpointError("no trusted keys given")
-    signatures = _read_signatures(ckpt_dir, missing_ok=False)
-    manifest = (ckpt_dir / MANIFEST).read_bytes()
+    signatures = _read_signatures(signature_file, missing_ok=False)
+    manifest = document.read_bytes()
     signers = [s.get("key_id") for s in signatures]
     for entry in signatures:
         key = trusted.get(entry.get("key_id"))
@@ -105,19 +132,18 @@ def verify_signature(ckpt_dir: str | Path, trusted: dict[str, Ed25519PublicKey])
         try:
             key.verify(base64.b64decode(entry.get("signature", ""), validate=True), manifest)
         except (InvalidSignature, ValueError):
-            raise CheckpointError(f"{ckpt_dir}: the signature by key {entry['key_id']} does not match the "
+            raise CheckpointError(f"{name}: the signature by key {entry['key_id']} does not match the "
                                   "manifest (manifest changed after signing)") from None
         return entry["key_id"]
-    raise CheckpointError(f"{ckpt_dir}: signed by {', '.join(map(str, signers)) or 'no key'}, none of them "
+    raise CheckpointError(f"{name}: signed by {', '.join(map(str, signers)) or 'no key'}, none of them "
                           f"trusted here ({', '.join(sorted(trusted))})")
 
 
-def _read_signatures(ckpt_dir: Path, missing_ok: bool) -> list[dict]:
-    path = ckpt_dir / SIGNATURE_FILE
+def _read_signatures(path: Path, missing_ok: bool) -> list[dict]:
     if not path.is_file():
         if missing_ok:
             return []
-        raise CheckpointError(f"{ckpt_dir}: unsigned (no {SIGNATURE_FILE}); sign it with `vla-driver sign`")
+        raise CheckpointError(f"{path.parent}: unsigned (no {path.name}); sign it with `vla-driver sign`")
     try:
         data = json.loads(path.read_text())
         signatures = data["signatures"]

@@ -41,10 +41,11 @@ from ..experience.reader import find_bags, timelines
 from ..harness.replay import replay_bag
 from ..harness.replay_input import open_bag_input
 from ..model.checkpoint import checkpoint_rig, read_manifest, sha256_file, verify_checkpoint
-from ..model.signing import load_private_key, sign_checkpoint
+from ..model.signing import load_private_key
 from ..runtime.loading import ensure_exported, load_policy, resolve_checkpoint
 from ..runtime.tensorrt_builder import build_engine
 from ..runtime.tensorrt_env import tensorrt_available
+from ..runtime.trust import sign_with_artifacts
 from ..sim.closed_loop import HELDOUT_SEEDS, evaluate
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def replay_accuracy(checkpoint, bag, backend: str = "torch", work_dir=None, prog
         result = replay_bag(bag, out, lockstep=True, checkpoint=str(checkpoint), backend=backend,
                             progress=progress, truth=truth)
     return {"planning_accuracy": result.report.get("planning_accuracy"), "samples": result.report.get("samples"),
-            "via": "harness.replay", "report": str(out / "report.json") if work_dir else None}
+            "via": "harness.replay", "report": str(out / "report.json") if work_dir else None,
+            "left_out": result.report.get("bag_left_out") or None}  # topics, damaged chunks of the bag
 
 
 def replay_drives(paths, cameras: tuple[str, ...] | None = None) -> list:
@@ -261,7 +263,8 @@ def _build_engines(checkpoint: Path, precision: str) -> dict:
 def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None = None,
             precision: str = "fp16", sign_key: str | Path = "") -> dict:
     """Install ``candidate`` as the registry's current model; returns the registry log record. With
-    ``sign_key`` the installed copy is signed (``model.signing``) before it becomes current."""
+    ``sign_key`` the installed copy, its ONNX graphs and engines are signed (``runtime.trust``) before it
+    becomes current."""
     candidate = Path(candidate)
     if sign_key:
         load_private_key(Path(sign_key))  # a bad key fails here, before anything is installed
@@ -280,8 +283,14 @@ def promote(candidate, registry_dir, gate_decision: GateDecision | dict | None =
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     previous = current_version(registry)
-    signed_by = sign_checkpoint(dest, sign_key) if sign_key else None
     engine = _build_engines(dest, precision)
+    signed_by = None
+    if sign_key:  # with the graphs the car runs (exported now, or a node would make unsigned ones) and engines
+        try:
+            ensure_exported(dest, sha256_file(dest / "manifest.json"))
+        except Exception as e:  # noqa: BLE001 - unsigned graphs are refused, the signed checkpoint drives on torch
+            log.error("ONNX export failed for %s: %s", dest, e)
+        signed_by = sign_with_artifacts(dest, sign_key)[0]
     _point_current(registry, version)
     if isinstance(gate_decision, GateDecision):
         gate_decision = gate_decision.to_dict()

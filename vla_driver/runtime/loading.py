@@ -23,6 +23,7 @@ from .graph_spec import load_graph_specs
 from .onnx_backend import OrtSessions
 from .policy import TorchPolicy
 from .tensorrt_runner import open_engine
+from .trust import untrusted_engines, untrusted_graphs
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
     With ``trusted_keys`` (``signing.load_trusted_keys``) the manifest must carry a signature by one of them.
     """
     path = resolve_checkpoint(checkpoint)
-    if trusted_keys:
-        verify_signature(path, load_trusted_keys(trusted_keys))
+    trusted = load_trusted_keys(trusted_keys) if trusted_keys else {}
+    if trusted:
+        verify_signature(path, trusted)
     manifest = verify_checkpoint(path)
     torch.set_num_threads(threads)
     warnings: list[str] = []
@@ -65,8 +67,15 @@ def load_policy(checkpoint: str | Path | None = "", backend: str = "auto", threa
             specs = ensure_exported(path, sha256_file(path / "manifest.json"))
         except Exception as err:  # export problems must not stop the car: torch still drives
             warnings.append(f"ONNX export unavailable: {err}")
+        refused = untrusted_graphs(path, trusted) if specs and trusted else ""
+        if refused:  # graphs made or swapped after the owner signed: the signed checkpoint drives, on torch
+            warnings.append(refused)
+            specs = {}
         if specs:
             engines_ok, runners, details = open_engines(path / "engines", specs, precision, allow_rebuild)
+            refused = untrusted_engines(path, trusted) if engines_ok and trusted else ""
+            if refused:
+                engines_ok, runners, details = False, {}, refused
             try:
                 ort_runners = OrtSessions(specs, path / "onnx", threads)
             except Exception as err:
