@@ -11,9 +11,10 @@ import pytest
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 DOMAIN_ID = 152  # distinct from the other ROS test files (141 nodes, 142 launch, 151 logger)
 
-from rosbags.rosbag2 import Writer  # noqa: E402
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
+from vla_driver.cli import main as cli_main  # noqa: E402
 from vla_driver.experience.reader import MissingTopicError, read_samples  # noqa: E402
 from vla_driver.harness.record_sim import record_sim  # noqa: E402
 from vla_driver.harness.replay import replay_bag  # noqa: E402
@@ -403,7 +404,8 @@ def test_the_default_model_keeps_its_plans_in_the_lane_on_a_straight_road_at_car
 
 
 def test_a_bag_rosbags_cannot_read_is_refused_in_one_line(sim_bag, tmp_path, capsys, tiny_checkpoint):
-    """A serialization other than cdr (as a ros2 bag may hold) ended in a traceback from rosbags' reader."""
+    """A serialization other than cdr (as a ros2 bag may hold) ended in a traceback from rosbags' reader; such
+    topics are now left out, and a bag with nothing else is refused in one line."""
     import shutil
 
     bag = tmp_path / "json_bag"
@@ -415,3 +417,63 @@ def test_a_bag_rosbags_cannot_read_is_refused_in_one_line(sim_bag, tmp_path, cap
     assert main(["replay", str(bag), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("replay: ") and "cannot be replayed" in err and "json" in err
+
+
+SERVICE_EVENT_SEPARATOR = "\n" + "=" * 80 + "\n"
+ADD_TWO_INTS_EVENT = "example_interfaces/srv/AddTwoInts_Event"
+# the schema ROS's rosbag2 writes for a service-event topic (service introspection): the event message, then
+# each dependency after a line of 80 '=' and its name, the request and response under the service's srv/ names
+ADD_TWO_INTS_EVENT_DEFINITION = SERVICE_EVENT_SEPARATOR.join((
+    "service_msgs/ServiceEventInfo info\nexample_interfaces/srv/AddTwoInts_Request[<=1] request\n"
+    "example_interfaces/srv/AddTwoInts_Response[<=1] response\n",
+    "MSG: service_msgs/ServiceEventInfo\nuint8 REQUEST_SENT = 0\nuint8 REQUEST_RECEIVED = 1\nuint8 RESPONSE_SENT = 2\n"
+    "uint8 RESPONSE_RECEIVED = 3\nuint8 event_type\nbuiltin_interfaces/Time stamp\nchar[16] client_gid\n"
+    "int64 sequence_number\n",
+    "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n",
+    "MSG: example_interfaces/srv/AddTwoInts_Request\nint64 a\nint64 b\n",
+    "MSG: example_interfaces/srv/AddTwoInts_Response\nint64 sum\n",
+))
+
+
+def write_bag_with_service_events_and_json(source, path):
+    """``source``'s topics, plus what a bag recorded by ROS's own rosbag2 may hold beside them: a service-event
+    topic (``ros2 bag record --all-services``) and a topic serialized as JSON, two messages a second each."""
+    with Reader(source) as reader, Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        copied = {c.id: writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest)
+                  for c in reader.connections}
+        events = writer.add_connection("/add_two_ints/_service_event", ADD_TWO_INTS_EVENT,
+                                       msgdef=ADD_TWO_INTS_EVENT_DEFINITION, rihs01="RIHS01_" + "5e" * 32)
+        status = writer.add_connection("/status/json", "std_msgs/msg/String", msgdef="string data\n",
+                                       rihs01="RIHS01_" + "df" * 32, serialization_format="json")
+        extras = iter(range(reader.start_time, reader.end_time, 500_000_000))
+        due = next(extras)
+        for conn, t_ns, raw in reader.messages():
+            while due is not None and due <= t_ns:
+                writer.write(events, due, bytes(4 + 48))  # a CDR header, then zeros: never decoded
+                writer.write(status, due, b'{"data": "ok"}')
+                due = next(extras, None)
+            writer.write(copied[conn.id], t_ns, raw)
+    return path
+
+
+def test_a_ros2_bag_with_service_events_and_a_json_topic_reads_without_them(sim_bag, tmp_path, capsys, caplog,
+                                                                            tiny_checkpoint):
+    """rosbags refused the whole bag (the event's definition names srv/ types, and JSON is not CDR): now those
+    two topics are left out, counted and named by every command, and the drive reads and replays."""
+    bag = write_bag_with_service_events_and_json(sim_bag, tmp_path / "with_services")
+    skipped = "skipped 2 topics: /add_two_ints/_service_event (service event), /status/json (serialization 'json')"
+    assert cli_main(["logs", "info", str(bag)]) == 0
+    out = capsys.readouterr().out
+    assert skipped in out and "/camera/image_raw" in out and "/odom" in out
+
+    with caplog.at_level("INFO", logger="vla_driver.experience.reader"):
+        samples = read_samples(bag, progress=False)
+    assert len(samples) == len(read_samples(sim_bag, progress=False)) > 0
+    assert skipped in caplog.text and "'skipped_topics': 2" in caplog.text
+
+    assert cli_main(["replay", str(bag), "--lockstep", "--checkpoint", str(tiny_checkpoint), "--backend", "torch",
+                     "--domain-id", str(DOMAIN_ID), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "50 frames" in out and f"bag: {skipped}" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["bag_skipped"] == {"skipped_topics": 2}

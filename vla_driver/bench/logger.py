@@ -22,9 +22,9 @@ from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import Image
 
+from ..experience.bag_open import open_bags
 from ..experience.messages import image_message, odometry_message
 from ..experience.reader import find_bags
 from ..sim.expert import ExpertPolicy
@@ -107,7 +107,7 @@ def _count_stamped(root, window: tuple[int, int]) -> dict:
 
 
     counts: dict[str, int] = {}
-    with AnyReader(find_bags(root)) as reader:
+    with open_bags(find_bags(root)) as reader:
         for conn, _t, raw in reader.messages():
             sec, nanosec = struct.unpack_from("<iI", raw, 4)
             if window[0] <= sec * 1_000_000_000 + nanosec <= window[1]:

@@ -5,8 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from rosbags.rosbag2 import Reader
-
+from vla_driver.experience.bag_open import BagError, open_bags
 from vla_driver.experience.repair import repair_all, repair_segment
 from vla_driver.experience.segments import SegmentInfo, is_bag_dir, list_segments, mark_keep, segment_state
 
@@ -42,12 +41,14 @@ def _describe(info) -> dict:
     if info.state != "complete":
         return row
     try:
-        with Reader(info.path) as reader:
-            row["duration_s"] = round(reader.duration / 1e9, 3) if reader.message_count else 0.0
-            row["messages"] = reader.message_count
+        with open_bags([info.path]) as reader:
             row["topics"] = {name: {"type": t.msgtype, "count": t.msgcount} for name, t in reader.topics.items()}
-    except Exception as err:  # a damaged bag is reported, not fatal
-        row["error"] = f"{type(err).__name__}: {err}"
+            row["messages"] = sum(t["count"] for t in row["topics"].values())
+            row["duration_s"] = round(reader.duration / 1e9, 3) if row["messages"] else 0.0
+            if reader.left_out:  # topics it cannot decode: named, not fatal
+                row["skipped_topics"], row["skipped"] = dict(reader.left_out.topics), reader.left_out.note()
+    except BagError as err:  # a damaged bag is reported, not fatal
+        row["error"] = str(err)
     return row
 
 
@@ -70,6 +71,8 @@ def _info(args) -> int:
         print(f"{row['name']:48s} {row['size_bytes'] / 1e6:9.2f} MB {extra}  [{flags}]")
         for name, topic in sorted(row.get("topics", {}).items()):
             print(f"    {name:32s} {topic['count']:8d}  {topic['type']}")
+        if row.get("skipped"):
+            print(f"    {row['skipped']}")
     total = sum(r["size_bytes"] for r in rows)
     states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "open", "crashed")}
     print(f"{len(rows)} segments, {total / 1e6:.1f} MB; " + ", ".join(f"{n} {s}" for s, n in states.items())

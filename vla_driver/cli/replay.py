@@ -69,5 +69,7 @@ def _replay(args) -> int:
     print(f"{r['frames']} frames, {r['decisions']} decisions, {r['trajectories']} trajectories in "
           f"{r['wall_seconds']:.1f} s ({r['realtime_factor']}x real time); plan vs driven path: "
           f"{r['plan_vs_driven']}; planning accuracy {r['planning_accuracy']}; L2 {r['l2_m']}")
+    if r["bag_left_out"]:
+        print(f"bag: {r['bag_left_out']}")
     print(f"report: {out / 'report.md'}; recorded bag: {result.bag}")
     return 0

@@ -27,7 +27,7 @@ from ..core.trajectory import future_poses_to_ego
 from ..core.types import Observation
 from ..core.vocabulary import ANSWER_SEPARATOR, DecisionVocabulary
 from . import messages as m
-from .bag_open import SafeReader, open_bags
+from .bag_open import LeftOut, SafeReader, open_bags
 from .messages import header_stamp_ns
 from .segments import METADATA_NAME, SEGMENT_NAME_RE, segment_age_key, segment_state
 
@@ -225,6 +225,8 @@ def iter_messages(paths, topics: Iterable[str] | None = None) -> Iterator[BagMes
             conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
             for conn, t_ns, raw in reader.messages(connections=conns):
                 yield BagMessage(conn.topic, t_ns, conn.msgtype, reader.deserialize(raw, conn.msgtype))
+            if reader.left_out:
+                log.warning("%s: %s", reader.name, reader.left_out.note())
 
 
 # --- cutting samples -----------------------------------------------------------------------------------
@@ -437,9 +439,11 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
         raise ValueError("sample_period_s, horizon_s and waypoint_dt_s must be positive")
     samples: list[ExperienceSample] = []
     skipped: Counter = Counter()
-    for bags in timelines(find_bags(paths)):
+    groups, left_out = timelines(find_bags(paths)), []
+    for bags in groups:
         source = _source_name(bags)
         with open_bags(bags) as reader:
+            left_out.append(reader.left_out)  # filled in as the bag is read
             present = _check_topics(reader, topic_map, source)
             if "image" not in present or "odom" not in present:
                 skipped["no_image_or_odom"] += 1
@@ -452,9 +456,20 @@ def read_samples(paths, topics: TopicMap | None = None, sample_period_s: float =
             new = _cut(reader, present["image"], tl, source, sample_period_s, horizon_s, waypoint_dt_s,
                        max_odom_gap_s, skipped, topic_map.more_cameras, history)
         samples.extend(new)
-    if skipped:
-        log.info("read_samples: %d samples; skipped %s", len(samples), dict(skipped))
+    _report_skipped(len(samples), skipped, left_out, len(groups))
     return samples
+
+
+def _report_skipped(count: int, skipped: Counter, left_out: list[LeftOut], bags: int) -> None:
+    """One warning naming what the bags' readers left out (topics, damaged chunks), one line of counts."""
+    merged = LeftOut()
+    for part in left_out:
+        merged.add(part)
+    skipped.update(merged.counts())
+    if merged:
+        log.warning("read_samples: %s (in %d of %d bags)", merged.note(), sum(map(bool, left_out)), bags)
+    if skipped:
+        log.info("read_samples: %d samples; skipped %s", count, dict(skipped))
 
 
 def _cut(reader: SafeReader, image_topic: str, tl: _Timeline, source: str, period_s: float, horizon_s: float,

@@ -150,14 +150,15 @@ class _BagRebuilder:
 def repair_segment(path, force: bool = False) -> RepairReport:
     """Rebuild one segment (bag directory) from the complete records of its MCAP file(s).
 
-    A segment that is complete is left alone; one whose lock a live writer holds is skipped unless
-    ``force``. Corrupt or unsupported data gives a ``failed`` report, never an exception.
+    A segment that is complete is left alone (one whose metadata was written but whose MCAP file was cut
+    short, e.g. by a full disk or a partial copy, is rebuilt); one whose lock a live writer holds is skipped
+    unless ``force``. Corrupt or unsupported data gives a ``failed`` report, never an exception.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no segment directory at {path}")
     state = segment_state(path)
-    if state == "complete":
+    if state == "complete" and all(has_mcap_footer(f) for f in path.glob("*.mcap")):
         return RepairReport(path, "complete")
     if state == "open" and not force:
         return RepairReport(path, "active", note="a live writer holds its lock; use force to override")
@@ -197,7 +198,7 @@ def _rebuild(path: Path, sources: list[Path]) -> RepairReport:
                     rebuilt.add(record)
             except (McapError, ValueError, struct.error, UnicodeDecodeError) as err:
                 note = f"stopped at a corrupt record in {source.name}: {type(err).__name__}: {err}"
-            discarded += max(0, source.stat().st_size - stats["end"]) if not _has_footer(source) else 0
+            discarded += max(0, source.stat().st_size - stats["end"]) if not has_mcap_footer(source) else 0
         rebuilt.writer.set_custom_data("vla_driver.repair", json.dumps(
             {"sources": [s.name for s in sources], "discarded_bytes": discarded, "note": note}))
         rebuilt.writer.close()
@@ -213,7 +214,8 @@ def _rebuild(path: Path, sources: list[Path]) -> RepairReport:
                         rebuilt.first_ns, rebuilt.last_ns, discarded, note)
 
 
-def _has_footer(source: Path) -> bool:
+def has_mcap_footer(source: Path) -> bool:
+    """Whether an MCAP file ends in its magic, as a file its writer closed does."""
     with source.open("rb") as f:
         f.seek(0, os.SEEK_END)
         if f.tell() < 2 * len(MCAP_MAGIC):

@@ -94,6 +94,7 @@ def replay_bag(bag, out_dir, *, lockstep: bool = False, rate: float = 1.0, remap
         **played, **evaluation["report"],
         "plan_latency_ms": player.plan_latency(),
         "outputs_digest": player.digest(),
+        "bag_skipped": dict(source.skipped), "bag_left_out": source.left_out.note(),
     }
     write_report(out_dir, report, evaluation["rows"], policy.vocab)
     return ReplayResult(out_dir, out_dir / "bag", report, player.decisions, player.trajectories, report["outputs_digest"])

@@ -8,12 +8,13 @@ A camera's role is the topic the model nodes subscribe it on (``image`` for the 
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..experience import messages as m
-from ..experience.bag_open import BagError, open_bags
+from ..experience.bag_open import BagError, LeftOut, open_bags
 from ..experience.messages import header_stamp_ns
 from ..experience.reader import ROLE_TYPES, MissingTopicError, TopicMap, find_bags, timelines
 from ..nodes.camera_set import LEGACY_CAMERA, camera_topic
@@ -46,11 +47,17 @@ class BagInput:
     frames: int  # of the first camera
     cameras: tuple[str, ...] = (LEGACY_CAMERA,)  # camera roles, in the rig's order
     schema: dict[str, str] | None = None  # role -> the experience schema's topic (where a replay records it)
+    left_out: LeftOut = field(default_factory=LeftOut)  # topics left out at open, damaged chunks as they are read
 
     @property
     def played(self) -> tuple[str, ...]:
         """The roles fed to the nodes: every camera, odometry and (if the bag has it) navigation."""
         return (*self.cameras, *(r for r in PLAYED if r in self.topics))
+
+    @property
+    def skipped(self) -> Counter:
+        """``skipped_topics`` and ``damaged_chunks`` of the bag, as far as it has been read."""
+        return self.left_out.counts()
 
     @property
     def source(self) -> str:
@@ -61,8 +68,11 @@ class BagInput:
         by_topic = {self.topics[r]: r for r in roles or self.played if r in self.topics}
         with open_bags(self.bags) as reader:
             conns = [c for c in reader.connections if c.topic in by_topic]
-            for conn, t_ns, raw in reader.messages(connections=conns):
-                yield by_topic[conn.topic], t_ns + self.clock_offset_ns, bytes(raw)
+            try:
+                for conn, t_ns, raw in reader.messages(connections=conns):
+                    yield by_topic[conn.topic], t_ns + self.clock_offset_ns, bytes(raw)
+            finally:
+                self.left_out.add(reader.left_out)
 
 
 def open_bag_input(path, remaps: dict[str, str] | None = None, cameras: tuple[str, ...] | None = None) -> BagInput:
@@ -118,9 +128,11 @@ def _check_bag(bags: list[Path], source: str, path, remaps: dict[str, str], sche
             offsets.append(header_stamp_ns(raw, conn.msgtype) - t_ns)
             if len(offsets) >= 100:
                 break
+        if not offsets:  # every chunk holding a frame was damaged
+            raise BagError(f"{source}: no frame of {topics[first]} can be read")
         offset = sorted(offsets)[len(offsets) // 2]  # median, in integers: float64 cannot hold ns at 1e18
         return BagInput(bags, topics, types, available, offset, reader.start_time,
-                        reader.end_time, infos[topics[first]].msgcount, camera_roles, schema)
+                        reader.end_time, infos[topics[first]].msgcount, camera_roles, schema, reader.left_out)
 
 
 def raw_image_cdr(raw: bytes, msgtype: str) -> bytes:

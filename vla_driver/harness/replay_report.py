@@ -38,7 +38,8 @@ def _markdown(r: dict, vocab: DecisionVocabulary) -> str:
         f"**{_fmt(r['realtime_factor'], 2)}x real time**",
         f"- outputs: {r['decisions']} decisions, {r['trajectories']} trajectories ({r['fallbacks']} fallbacks), "
         f"{r['commands']} commands; waits that timed out: {r['timeouts'] or 'none'}",
-        f"- outputs digest: `{r['outputs_digest']}`", "",
+        f"- outputs digest: `{r['outputs_digest']}`",
+        *([f"- left out of the bag: {r['bag_left_out']}"] if r.get("bag_left_out") else []), "",
         *_plan_vs_driven_markdown(r),
         "## Planning (open loop, AlphaDrive metrics)", "",
         f"{r['samples']} samples, one per replayed decision whose future the odometry covers; "
