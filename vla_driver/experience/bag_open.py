@@ -267,7 +267,7 @@ def _mcap_storages(reader: AnyReader) -> Iterator[McapReader]:
                 yield one
 
 
-def _skip_damaged_chunks(storage: McapReader, on_damage: Callable[[Path, int, Exception], None]) -> bool:
+def _skip_damaged_chunks(storage: McapReader, on_damage: Callable[[Path, int, Exception], None]) -> None:
     """Have an indexed MCAP file skip a chunk it cannot read (bad CRC, bad compression, a mangled record),
     calling ``on_damage(file, chunk offset, error)``, instead of ending the read there.
 
@@ -279,9 +279,8 @@ def _skip_damaged_chunks(storage: McapReader, on_damage: Callable[[Path, int, Ex
     chunks = getattr(storage, "chunks", None)
     if not isinstance(chunks, list) or not chunks or not all(
             hasattr(c, "message_start_time") and hasattr(c, "chunk_start_offset") for c in chunks):
-        return False
+        return
     storage.messages = partial(_chunk_by_chunk, storage, on_damage)
-    return True
 
 
 def _chunk_by_chunk(storage: McapReader, on_damage, connections, start=None, stop=None) -> Iterator[tuple]:

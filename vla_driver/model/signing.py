@@ -40,14 +40,19 @@ def generate_key(path: str | Path) -> tuple[Path, Path]:
         if p.exists():
             raise FileExistsError(f"{p} exists; a key is never overwritten")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_private_key(private_path, key)
     public_path.write_bytes(_public_line(key.public_key()))
     return private_path, public_path
+
+
+def write_private_key(path: Path, key) -> None:
+    """A private key as unencrypted PKCS8 PEM, readable by its owner only, never over an existing file."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from vla_driver.core.camera_rig import camera_topic as rig_camera_topic
+from vla_driver.model.signing import write_private_key
 
 from .camera_set import LEGACY_CAMERA, PRESET_CAMERAS, camera_topic
 
@@ -190,15 +191,6 @@ def _certificate(common_name: str, days: int, issuer: Identity | None) -> Identi
     return builder.sign(signing_key, hashes.SHA256()), key
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """A private key, readable by its owner only."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-
-
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -214,7 +206,7 @@ def _write_enclave(root: Path, node: str, ca: Identity, days: int, domain_id: in
     folder.mkdir(parents=True)
     cert, key = _certificate(enclave_path(node), days, ca)
     _write_cert(folder / "cert.pem", cert)
-    _write_key(folder / "key.pem", key)
+    write_private_key(folder / "key.pem", key)
     for name in ("identity_ca.cert.pem", "permissions_ca.cert.pem"):
         _link(folder / name, root / "public" / name)
     _link(folder / "governance.p7s", root / "enclaves" / "governance.p7s")
@@ -242,7 +234,7 @@ def create_keystore(root: Path, days: int = DEFAULT_DAYS, domain_id: int = 0,
         (root / folder).mkdir(parents=True)
     ca = _certificate(CA_NAME, days, None)
     _write_cert(root / "public" / "ca.cert.pem", ca[0])
-    _write_key(root / "private" / "ca.key.pem", ca[1])
+    write_private_key(root / "private" / "ca.key.pem", ca[1])
     for role in ("identity_ca", "permissions_ca"):
         _link(root / "public" / f"{role}.cert.pem", root / "public" / "ca.cert.pem")
         _link(root / "private" / f"{role}.key.pem", root / "private" / "ca.key.pem")

@@ -163,6 +163,12 @@ class GraphSpec:
         """The weights file of this graph read from ``onnx_path`` (it lies beside the graph), or None."""
         return Path(onnx_path).with_name(self.data_file) if self.data_file else None
 
+    def beside_files(self, base_dir: str | Path = ".") -> list[tuple[Path, str]]:
+        """(path, sha256) of every hashed file beside the graph that its runtime reads: weights, side files."""
+        files = [(self.data_path(base_dir), self.data_sha256),
+                 *((Path(base_dir) / name, digest) for name, digest in self.side_files.items())]
+        return [(path, digest) for path, digest in files if path is not None and digest]
+
     # ---- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {

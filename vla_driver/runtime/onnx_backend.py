@@ -135,10 +135,8 @@ class OrtSessions(Mapping):
         for spec in self.specs.values():
             if spec.onnx_sha256:
                 verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
-            files = [(spec.data_path(self.dir), spec.data_sha256),
-                     *((self.dir / name, digest) for name, digest in spec.side_files.items())]
-            for path, digest in files:
-                if path is not None and digest and path not in self.verified:
+            for path, digest in spec.beside_files(self.dir):
+                if path not in self.verified:
                     verify_file_hash(path, digest)
                     self.verified[path] = _identity(path)
         self.open = {name: self._session(name) for name in self.specs if name not in lazy}

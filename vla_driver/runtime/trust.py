@@ -5,12 +5,11 @@ carry a trusted signature; otherwise it drives on the signed checkpoint through 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..model.checkpoint import CheckpointError
 from ..model.signing import sign_checkpoint, sign_document, verify_document_signature
-from .engine_cache import MANIFEST_SUFFIX, file_sha256, verify_file_hash
+from .engine_cache import MANIFEST_SUFFIX, read_manifest, verify_file_hash
 from .export import SPEC_FILE
 from .graph_spec import load_graph_specs
 
@@ -67,15 +66,12 @@ def _check_graph_files(spec_file: Path) -> None:
     graph_dir, files = spec_file.parent, {}
     for spec in load_graph_specs(spec_file):
         files[spec.onnx_path(graph_dir)] = spec.onnx_sha256
-        files[spec.data_path(graph_dir)] = spec.data_sha256
-        files.update({graph_dir / name: digest for name, digest in spec.side_files.items()})
+        files.update(spec.beside_files(graph_dir))
     for path, digest in files.items():
-        if path is not None and digest:
+        if digest:
             verify_file_hash(path, digest)
 
 
 def _check_engine_file(manifest_file: Path) -> None:
-    manifest = json.loads(manifest_file.read_text())
-    engine = manifest_file.with_name(manifest.get("engine_file", ""))
-    if not engine.is_file() or file_sha256(engine) != manifest.get("engine_sha256"):
-        raise CheckpointError(f"{engine}: missing or not the engine its manifest names; rebuild it before signing")
+    engine = manifest_file.with_name(manifest_file.name.removesuffix(MANIFEST_SUFFIX))
+    verify_file_hash(engine, str(read_manifest(engine).get("engine_sha256", "")))
