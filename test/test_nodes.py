@@ -242,6 +242,44 @@ def test_malformed_messages_are_rejected_with_a_diagnostic_and_the_node_keeps_pu
     assert harness.drive_until(lambda: any(stamp > after for _, stamp in planned(harness.trajectories())))
 
 
+class HangingPolicy:
+    """A policy whose plan blocks while ``hang`` is set (a backend stuck on the GPU), until ``release``."""
+
+    def __init__(self, policy):
+        self._policy, self.hang, self.release = policy, threading.Event(), threading.Event()
+        self.hung_stamps: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+    def plan(self, obs, decision):
+        if self.hang.is_set():
+            self.hung_stamps.append(obs.stamp)
+            self.release.wait(DEADLINE_S)
+        return self._policy.plan(obs, decision)
+
+
+def test_a_plan_past_deadline_ms_is_answered_by_a_stop_at_the_deadline_not_when_it_returns(harness, tiny_policy):
+    policy = HangingPolicy(tiny_policy)
+    action = action_node(harness, policy, deadline_ms=2000.0)  # far above a busy machine's plan
+    assert harness.drive_until(lambda: planned(harness.trajectories()))
+    start, t_hang = len(harness.messages("trajectory")), time.monotonic()
+    policy.hang.set()
+    assert harness.drive_until(lambda: any(is_stop(t) for t, _ in harness.trajectories(start)))
+    stop_stamp = next(stamp for t, stamp in harness.trajectories(start) if is_stop(t))
+    assert not policy.release.is_set() and len(policy.hung_stamps) == 1  # the plan still hangs: one cycle
+    assert near(stop_stamp, policy.hung_stamps)  # the stop answers the hung plan's input
+    assert harness.drive_until(lambda: any(s.level == DiagnosticStatus.ERROR and "still running after 2000 ms" in s.message
+                                           for s in harness.diagnostics("action_node", since=t_hang)))
+    policy.hang.clear()
+    policy.release.set()
+    back = len(harness.messages("trajectory"))
+    assert harness.drive_until(lambda: planned(harness.trajectories(back)))
+    # the late plan was thrown away: one answer for that input, the stop
+    assert [is_stop(t) for t, stamp in harness.trajectories(start) if near(stamp, policy.hung_stamps)] == [True]
+    assert action.diagnostics.counters["fallback_deadline"] == 1
+
+
 
 def test_controller_follows_a_left_curve_and_brakes_when_the_trajectory_goes_stale(harness):
     overrides = [Parameter("trajectory_timeout_s", value=1.0), Parameter("max_input_age_s", value=1.0)]

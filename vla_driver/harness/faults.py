@@ -62,6 +62,7 @@ CONTROLLER_MAX_INPUT_AGE_S = 0.5
 DECISION_TIMEOUT_S = 2.0
 SETTLE_TIMEOUT_S = 60.0  # waits for output, never asserted as a time
 LOGGER_READY = "[logger_node]: logging "  # the line a logger prints once its subscriptions exist
+LOGGER_RECOVERED = "[logger_node]: experience logging recovered"  # its writer records again after a failure
 LOGGER_MIN_FREE_MB = 256.0  # the logger's free-space floor here (the car's config keeps 2 GB)
 PRIVATE_MOUNTS = "VLA_DRIVER_PRIVATE_MOUNTS"  # set in a process that runs in a mount namespace of its own
 
@@ -85,6 +86,7 @@ class FaultCase:
     answered: Callable | None = None  # for a request: did its answer give the reason? (rig -> bool)
     brakes_only: bool = False  # no trajectory can come (the action node is down): the controller must brake
     needs_small_disk: bool = False  # runs only where the rig could mount one (``SmallDisk``)
+    detectable: Callable | None = None  # rig -> the monotonic time the nodes could know, where the rig can see it
 
 
 @dataclass
@@ -234,6 +236,8 @@ class FaultRig:
         logs, self.triggers = self.work / "logs", self.work / "triggers"
         logs.mkdir(parents=True, exist_ok=True)
         self.triggers.mkdir(exist_ok=True)
+        for left in self.triggers.iterdir():  # from an earlier run in the same work folder
+            left.unlink()
         # a copy the cases may damage (the package's own checkpoint must stay as it is)
         self.checkpoint = self.work / "checkpoint"
         if not self.checkpoint.exists():
@@ -264,6 +268,7 @@ class FaultRig:
         self.count_from = float("inf")  # wall time from which sent messages are counted (the logger listens)
         self.sent_stamps: list[float] = []  # odometry stamps sent since count_from
         self.windows: list[tuple[str, float, float]] = []  # (case, wall start, wall end) of each case run
+        self.seen: dict[str, float | None] = {}  # trigger -> when the first plan it affected began (monotonic)
         self.spec = TrajectorySpec()
         node.create_subscription(PathMsg, "trajectory", self._on_path, 10)
         node.create_subscription(Twist, "cmd_vel", self._on_twist, 10)
@@ -381,7 +386,7 @@ class FaultRig:
         recovered = self.wait_driving(since=t_clear)
         time.sleep(0.3)  # the last diagnostics of the case
         self.windows.append((case.name, wall0, time.time()))
-        detect = t0 + case.detect_after_s
+        detect = (case.detectable(self) if case.detectable else None) or t0 + case.detect_after_s
         with self.lock:
             stops = [t for t, s in self.trajectories if s and detect - 0.2 <= t <= t_clear + 0.5]
             braking = [t for t, v in self.commands if t >= detect - 0.2 and v < SPEED - 0.05]
@@ -491,13 +496,19 @@ class FaultRig:
             missed_by_witness = sum(round(t, 6) not in self.witnessed for t in self.sent_stamps)
             reported = max((int(v) for _, n, _, text, _ in self.statuses if n == "logger_node"
                             for v in re.findall(r"\blost=(\d+)", text)), default=0)
+            reported_by_topic = {}  # the largest count each topic reached (a restarted logger counts anew)
+            for _, n, _, text, _ in self.statuses:
+                for topic, v in re.findall(r"\blost_(\S+)=(\d+)", text) if n == "logger_node" else ():
+                    reported_by_topic[topic] = max(reported_by_topic.get(topic, 0), int(v))
         lost_in = {}
         for t in missing:  # which case each lost message was sent in
             name = next((n for n, a, b in self.windows if a <= t <= b), "between cases")
             lost_in[name] = lost_in.get(name, 0) + 1
         return {"sent": self.sent["odom"] - len(down), "recorded": len(recorded - {round(t, 6) for t in down}),
                 "lost_in": lost_in, "sent_while_logger_down": len(down), "repaired": repaired,
-                "reported_lost": reported, "missed_by_witness": missed_by_witness}
+                "reported_lost": reported, "reported_lost_by_topic": reported_by_topic,
+                "missed_by_witness": missed_by_witness,
+                "logger_down_s": [round(b - a, 2) for a, b in self.logger_down]}
 
     def _stop_feed(self) -> None:
         """Stop sending and listening (the nodes keep running)."""
@@ -598,7 +609,26 @@ def _trigger(name: str, text: str = ""):
 
 
 def _untrigger(name: str):
-    return lambda rig: (rig.triggers / name).unlink(missing_ok=True)
+    def untrigger(rig) -> None:
+        (rig.triggers / name).unlink(missing_ok=True)
+        rig.seen[name] = _first_call(rig, name)
+        fault_hooks.seen_path(rig.triggers / name).unlink(missing_ok=True)
+    return untrigger
+
+
+def _first_call(rig, name: str) -> float | None:
+    """When the first plan the trigger affected began (``fault_hooks``), or None if none did."""
+    seen = fault_hooks.seen_path(rig.triggers / name)
+    return float(seen.read_text()) if seen.exists() else None
+
+
+def _plan_seen(name: str, after_s: float = 0.0):
+    """The fault is detectable ``after_s`` after the first affected plan began (a raise at once; a slow plan at
+    its deadline, where the action node's watchdog answers it)."""
+    def detectable(rig) -> float | None:
+        began = rig.seen.get(name)
+        return None if began is None else began + after_s
+    return detectable
 
 
 def _restart_with_damaged_graphs(rig) -> float:
@@ -622,9 +652,19 @@ def _fill_disk(rig) -> None:
 
 
 def _free_disk(rig) -> None:
+    """Give the space back; the logger records again at its next retry (2 s). Messages sent until the moment
+    its log says so are not counted (it dropped them, counted, while full); every later one must be recorded."""
+    log = rig.nodes["logger_node"].log_path
+    before = log.read_text(errors="replace").count(LOGGER_RECOVERED)
     rig.disk.empty()
-    # the logger records again at its next retry (2 s), not at once: messages until then are not counted
-    rig.logger_down.append((rig.disk_full_from, time.time() + 3.0))
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        stamps = re.findall(r"\[(\d+\.\d+)\] " + re.escape(LOGGER_RECOVERED), log.read_text(errors="replace"))
+        if len(stamps) > before:
+            rig.logger_down.append((rig.disk_full_from, float(stamps[-1])))
+            return
+        time.sleep(0.1)
+    rig.logger_down.append((rig.disk_full_from, time.time()))  # never said: what comes next must be recorded
 
 
 def _burst(rig) -> None:
@@ -659,10 +699,11 @@ CASES = [
               "non_finite", detect_after_s=CAMERA_AGE),
     FaultCase("odometry with an absurd speed (1e6 m/s)", _set("odom_fault", _odometry_with(1e6)),
               _set("odom_fault", None), "implausible", detect_after_s=CAMERA_AGE),
-    FaultCase("model backend raises", _trigger(fault_hooks.RAISES), _untrigger(fault_hooks.RAISES), "plan failed"),
+    FaultCase("model backend raises", _trigger(fault_hooks.RAISES), _untrigger(fault_hooks.RAISES), "plan failed",
+              detectable=_plan_seen(fault_hooks.RAISES)),
     FaultCase(f"inference slower than deadline_ms ({ACTION['deadline_ms']:.0f})",
-              _trigger(fault_hooks.SLOW_MS, "250"), _untrigger(fault_hooks.SLOW_MS), "planning took",
-              detect_after_s=0.25),
+              _trigger(fault_hooks.SLOW_MS, "250"), _untrigger(fault_hooks.SLOW_MS), "still running after",
+              detectable=_plan_seen(fault_hooks.SLOW_MS, ACTION["deadline_ms"] / 1e3)),
     FaultCase("1 MB navigation text", _set("nav_fault", _huge_navigation), _set("nav_fault", None),
               "navigation_too_long", stops=False),
     FaultCase("camera burst at 10x its rate", _burst, _unburst, None, stops=False),

@@ -27,6 +27,7 @@ from .hot_swap import HotSwap, ModelParams, blank_observation, load_policy
 from .inputs import ObservationAssembler
 from .params import declare_params, param, require_positive
 from .spin import spin_standalone
+from .watchdog import PlanWatchdog
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ActionNode(HotSwap, Node):
         self.diagnostics = NodeDiagnostics(self)
         self.diagnostics.set_backend(self.policy)
         self._last_planned_stamp = None
+        self._watchdog = PlanWatchdog(self.params.deadline_ms / 1e3, self._on_overrun)
         self._warm_up()
         self.enable_hot_swap(self._plan_twice)
 
@@ -132,7 +134,7 @@ class ActionNode(HotSwap, Node):
     def cycle(self) -> None:
         if self.adopt_new_policy():
             self.default_decision = self._default_decision(self.policy)
-        start = time.perf_counter()
+        start = time.monotonic()
         now = self.get_clock().now().nanoseconds * 1e-9
         ages = self.inputs.ages(now)
         for name, age in ages.items():
@@ -149,15 +151,19 @@ class ActionNode(HotSwap, Node):
             return  # one answer per image: the timer only watches for stale inputs
         obs = self.inputs.observation()
         decision, is_default = self._current_decision(now)
+        self._watchdog.arm(obs.stamp, since=start)
         try:
             traj = self.policy.plan(obs, decision)
         except Exception as e:  # noqa: BLE001 - a model failure must end in a safe trajectory, not a crash
+            answered = self._watchdog.disarm()
             self.get_logger().error(f"plan failed: {e!r}", throttle_duration_sec=1.0)
-            self._fallback(obs.stamp, "model_error", f"plan failed: {e}")
+            self._fallback(obs.stamp, "model_error", f"plan failed: {e}", publish=not answered)
             return
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        if elapsed_ms > self.params.deadline_ms:
-            self._fallback(obs.stamp, "deadline", f"planning took {elapsed_ms:.0f} ms > {self.params.deadline_ms:.0f} ms")
+        answered = self._watchdog.disarm()  # the stop trajectory went out at the deadline: this plan is late
+        elapsed_ms = (time.monotonic() - start) * 1e3
+        if answered or elapsed_ms > self.params.deadline_ms:
+            self._fallback(obs.stamp, "deadline", f"planning took {elapsed_ms:.0f} ms > {self.params.deadline_ms:.0f} ms",
+                           publish=not answered)
             return
         problems = traj.violations(obs.speed, self.limits)
         if "non_finite" in problems:
@@ -179,12 +185,19 @@ class ActionNode(HotSwap, Node):
         self.diagnostics.cycle_done(elapsed_ms)
         self.diagnostics.set_status(level, message)
 
-    def _fallback(self, stamp: float, reason: str, message: str) -> None:
-        ego = self.inputs.ego
-        speed = ego[0].speed if ego is not None else 0.0
-        self._publish(stop_trajectory(speed, self.policy.spec, self.params.stop_decel), stamp, fallback=True)
-        self.diagnostics.count("fallbacks")
-        self.diagnostics.count(f"fallback_{reason}")
+    def _on_overrun(self, stamp: float) -> None:
+        """The watchdog's thread, ``deadline_ms`` into a plan that has not returned: stop now, not when it does."""
+        self._fallback(stamp, "deadline", f"planning still running after {self.params.deadline_ms:.0f} ms")
+
+    def _fallback(self, stamp: float, reason: str, message: str, publish: bool = True) -> None:
+        """A stop trajectory for the cycle, named in /diagnostics; ``publish=False``: the watchdog already sent it
+        (one answer per cycle: in lockstep each answer steps the simulator)."""
+        if publish:
+            ego = self.inputs.ego
+            speed = ego[0].speed if ego is not None else 0.0
+            self._publish(stop_trajectory(speed, self.policy.spec, self.params.stop_decel), stamp, fallback=True)
+            self.diagnostics.count("fallbacks")
+            self.diagnostics.count(f"fallback_{reason}")
         self.diagnostics.set_status(ERROR, f"stop trajectory: {message}")
 
     def _publish(self, traj: Trajectory, stamp: float, fallback: bool) -> None:
@@ -192,6 +205,11 @@ class ActionNode(HotSwap, Node):
         self.marker_publisher.publish(trajectory_to_markers(traj, stamp, self.params.frame_id, fallback))
         if self.on_trajectory is not None:
             self.on_trajectory(stamp, traj, fallback)
+
+
+    def destroy_node(self):
+        self._watchdog.close()
+        return super().destroy_node()
 
 
 def main(args=None) -> None:

@@ -22,6 +22,7 @@ deletes it. Health goes to /diagnostics: written, dropped, MB/s, writer state (d
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -43,6 +44,7 @@ from vla_driver.core.camera_rig import CameraRig, camera_topic, rig_from_param
 from vla_driver.experience import messages as m
 from vla_driver.experience.reader import TopicMap, recorded_camera_topic
 from vla_driver.experience.segments import SegmentWriter
+from vla_driver.experience.segments import log as writer_log
 
 from .camera_set import PRESET_CAMERAS
 from .diagnostics import ERROR, OK, WARN, NodeDiagnostics
@@ -131,6 +133,10 @@ class LoggerNode(Node):
         )
         self.callback_s: deque[float] = deque(maxlen=2000)  # time spent in each callback (s)
         self.diagnostics = NodeDiagnostics(self, backend="segment_writer")
+        self._writer_log = _ToRosLog(self.get_logger())  # degraded / recovered / quota deletions, with stamps
+        writer_log.addHandler(self._writer_log)
+        writer_log.setLevel(logging.INFO)
+        writer_log.propagate = False
         group = ReentrantCallbackGroup()  # callbacks only enqueue: let them run side by side
         self.recording: dict[str, str] = {}  # subscribed topic -> recorded name
         for role in dict.fromkeys(p.topics):
@@ -222,7 +228,28 @@ class LoggerNode(Node):
         stats = self.writer.close()
         self.get_logger().info(f"logger closed: {stats['written']} written, {stats['dropped']} dropped, "
                                f"{stats['segments_closed']} segments")
+        writer_log.removeHandler(self._writer_log)
+        writer_log.propagate = True
         return super().destroy_node()
+
+
+class _ToRosLog(logging.Handler):
+    """The segment writer's Python log lines into the node's ROS log (console, file, /rosout)."""
+
+    def __init__(self, ros_logger):
+        super().__init__(logging.INFO)
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += f": {record.exc_info[1]!r}"
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(text)
+        else:
+            self.ros_logger.info(text)
 
 
 def main(args=None) -> None:
