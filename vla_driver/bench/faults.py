@@ -27,7 +27,7 @@ def run(domain_id: int = 191, work: str = "") -> dict:
         stop = ("yes" if r.stopped else "NO") if r.stops else ("NO" if r.stopped else "-")
         print(f"{r.name:{width}s} {_yes(r.survived):>5s} {_yes(r.diagnosed):>5s} {stop:>5s} "
               f"{_num(r.fallback_s):>10s} {_yes(r.braked) if r.stops else ('BRAKE' if r.braked else '-'):>5s} {_num(r.recovered_s):>9s}"
-              + ("" if r.passed else f"   FAILED {'; '.join(r.notes)}"))
+              + (f"   {'; '.join(r.notes)}" if r.passed and r.notes else "" if r.passed else f"   FAILED {'; '.join(r.notes)}"))
     logged = out["logged"]
     print(f"logger: {logged['recorded']} of {logged['sent']} odometry messages sent during the suite recorded; "
           f"reported lost by the logger (middleware): {logged['reported_lost']} "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Twist
@@ -83,7 +84,7 @@ class FaultCase:
     stops: bool = True
     detect_after_s: float = 0.0
     hold_s: float = 1.5
-    answered: Callable | None = None  # for a request: did its answer give the reason? (rig -> bool)
+    verified: Callable | None = None  # rig -> bool: one more thing the nodes must have done (an answer's reason)
     brakes_only: bool = False  # no trajectory can come (the action node is down): the controller must brake
     needs_small_disk: bool = False  # runs only where the rig could mount one (``SmallDisk``)
     detectable: Callable | None = None  # rig -> the monotonic time the nodes could know, where the rig can see it
@@ -375,7 +376,7 @@ class FaultRig:
         return None
 
     def run_case(self, case: FaultCase) -> CaseResult:
-        notes = []
+        notes = self.notes = []  # a case's checks may add to them
         if self.wait_driving() is None:
             notes.append("not driving before the fault")
         t0, wall0 = time.monotonic(), time.time()
@@ -403,11 +404,21 @@ class FaultRig:
         survived = all(n.alive() for n in self.nodes.values())
         return CaseResult(
             name=case.name, survived=survived,
-            diagnosed=(case.cause is None or bool(named)) and (case.answered is None or case.answered(self)),
+            diagnosed=(case.cause is None or bool(named)) and (case.verified is None or case.verified(self)),
             stopped=bool(stops) if case.stops else bool(window), stops=case.stops,
             fallback_s=None if first_stop is None or not case.stops else round(max(0.0, first_stop - detect), 3),
             braked=bool(braking) if case.stops else bool(controller_braking),
             recovered_s=None if recovered is None else round(recovered, 3), notes=notes)
+
+    def node_rss(self) -> dict[str, float]:
+        """Resident memory (MB) of every running node process."""
+        rss = {}
+        for name, node in self.nodes.items():
+            try:
+                rss[name] = psutil.Process(node.proc.pid).memory_info().rss / 2**20
+            except (psutil.Error, AttributeError):
+                pass
+        return rss
 
     def set_parameter(self, node: str, name: str, value) -> None:
         """``ros2 param set`` from outside: the answer (successful, reason) lands in ``self.answers[node]``."""
@@ -579,6 +590,46 @@ def _huge_navigation(normal):
     return String(data="turn left " * 100_000)  # 1 MB
 
 
+HUGE_SIDE = 8000  # an 8000x8000 rgb8 frame: 192 MB
+# What a node may hold of one such message: the middleware's sample and rclpy's message, nothing decoded or queued
+# (decoding one took 7.8 GB before images were bounded; a sensor-data queue of five would be ~1 GB)
+MODEL_NODES_MAX_GROWTH_MB = 2 * HUGE_SIDE * HUGE_SIDE * 3 / 2**20
+
+
+def _send_huge_frames(rig) -> None:
+    """A broken driver: 8000x8000 rgb8 frames every 0.25 s in place of the camera's (from a thread of their own:
+    publishing 192 MB must not hold the odometry back). Every node's peak RSS is watched meanwhile."""
+    rig.rss_before, rig.rss_peak = rig.node_rss(), rig.node_rss()
+    rig.camera_fault = _silence
+    data, stop = array.array("B", bytes(HUGE_SIDE * HUGE_SIDE * 3)), threading.Event()
+
+    def send() -> None:
+        while not stop.wait(0.25):
+            msg = Image(height=HUGE_SIDE, width=HUGE_SIDE, encoding="rgb8", step=HUGE_SIDE * 3)
+            msg.header.stamp = seconds_to_stamp(time.time())
+            msg.data = data
+            rig.pubs["camera"].publish(msg)
+            rig.rss_peak = {n: max(v, rig.rss_peak.get(n, 0.0)) for n, v in rig.node_rss().items()}
+
+    rig.huge_sender = (threading.Thread(target=send, daemon=True, name="huge-frames"), stop)
+    rig.huge_sender[0].start()
+
+
+def _stop_huge_frames(rig) -> None:
+    thread, stop = rig.huge_sender
+    stop.set()
+    thread.join(timeout=SETTLE_TIMEOUT_S)
+    rig.camera_fault = None
+
+
+def _no_node_copied_a_huge_frame(rig) -> bool:
+    """The model nodes and the controller held at most one huge message (the logger's growth is reported: its
+    reliable camera reader keeps what its queue bound allows)."""
+    growth = {n: round(rig.rss_peak[n] - rig.rss_before[n], 1) for n in rig.rss_before if n in rig.rss_peak}
+    rig.notes.append(f"peak RSS growth MB: {growth}")
+    return all(growth.get(n, 0.0) < MODEL_NODES_MAX_GROWTH_MB for n in ("decision_node", "action_node", "controller_node"))
+
+
 def _kill(name: str, sig: int = signal.SIGKILL):
     return lambda rig: rig.nodes[name].signal(sig)
 
@@ -693,6 +744,8 @@ CASES = [
               _set("camera_fault", None), "wrong_size", detect_after_s=CAMERA_AGE),
     FaultCase("image of zero size", _set("camera_fault", _image_with(width=0, height=0)),
               _set("camera_fault", None), "sends 0x0", detect_after_s=CAMERA_AGE),
+    FaultCase("image of 8000x8000 (192 MB)", _send_huge_frames, _stop_huge_frames, "camera_front",
+              detect_after_s=CAMERA_AGE, verified=_no_node_copied_a_huge_frame),
     FaultCase("odometry with NaN", _set("odom_fault", _odometry_with(float("nan"))), _set("odom_fault", None),
               "non_finite", detect_after_s=CAMERA_AGE),
     FaultCase("odometry with inf", _set("odom_fault", _odometry_with(float("inf"))), _set("odom_fault", None),
@@ -708,7 +761,7 @@ CASES = [
               "navigation_too_long", stops=False),
     FaultCase("camera burst at 10x its rate", _burst, _unburst, None, stops=False),
     FaultCase("ros2 param set rate_hz -1.0 at run time", lambda rig: rig.set_parameter("action_node", "rate_hz", -1.0),
-              _nothing, None, stops=False, answered=_refused_with_reason("action_node")),
+              _nothing, None, stops=False, verified=_refused_with_reason("action_node")),
     FaultCase("checkpoint hot-swapped to a missing directory", _swap_to(lambda rig: rig.work / "no_such_checkpoint"),
               _nothing, "not loaded", stops=False),
     FaultCase("checkpoint hot-swapped to a tampered copy", _swap_to(lambda rig: rig.tampered_checkpoint()),
