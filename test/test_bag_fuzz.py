@@ -4,6 +4,7 @@ other exception may escape (a user would see a traceback). A damaged chunk of an
 counted: the rest of the bag still reads."""
 import logging
 import random
+import re
 import shutil
 
 import pytest
@@ -147,3 +148,27 @@ def test_split_files_without_metadata_are_a_crashed_drive_to_every_reader(record
         read_samples(crashed, progress=False)
     assert cli(["replay", str(crashed), "--lockstep", "--out", str(tmp_path / "out")]) == 2
     assert "run `vla-driver logs repair" in capsys.readouterr().err
+
+
+def test_a_damaged_footer_is_refused_with_the_repair_that_rebuilds_it_skipping_a_damaged_chunk(chunked, tmp_path,
+                                                                                            capsys):
+    """Damage where rosbags reads at open (the footer's pointer to the summary) and in one chunk: refused in one
+    line naming the repair; the repair rebuilds the bag from its records without that chunk."""
+    bag = shutil.copytree(chunked, tmp_path / "footer")
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    third = chunk_offsets(mcap)[2]
+    data[third + 200: third + 220] = bytes(20)  # its CRC no longer matches
+    footer = len(data) - 8 - 20  # footer body before the closing magic: summary_start, summary_offset_start, crc
+    data[footer: footer + 8] = (len(data) * 7).to_bytes(8, "little")  # the summary is "past the end"
+    mcap.write_bytes(bytes(data))
+    with open_bags([chunked]) as reader:
+        whole = [t for _, t, _ in reader.messages()]
+    with pytest.raises(BagError, match=re.escape(f"`vla-driver logs repair {bag}` rebuilds it")):
+        read_samples(bag, progress=False)
+    assert cli(["logs", "repair", str(bag)]) == 0
+    assert "1 damaged chunk in" in capsys.readouterr().out
+    with open_bags([bag]) as reader:
+        read = [t for _, t, _ in reader.messages()]
+    assert 0 < len(read) < len(whole) and set(read) < set(whole) and not reader.skipped
+    assert cli(["logs", "repair", str(bag)]) == 0 and ": complete" in capsys.readouterr().out  # nothing left to do

@@ -416,6 +416,34 @@ def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout
     assert harness.nodes[-1].diagnostics.counters["rejected_cmd_vel"] == 5
 
 
+def test_bridge_publishes_the_first_cycle_again_until_it_is_answered_without_a_missed_cycle(harness):
+    """A reader matched late loses the first frame: sim time waits for the pipeline instead of stepping blind."""
+    from vla_driver.nodes.sim_bridge_node import SimBridgeNode
+
+    done = []
+    overrides = [Parameter(k, value=v) for k, v in
+                 {"scenario": "highway", "duration_s": 0.5, "step_timeout_s": 0.3, "use_sim_time": True}.items()]
+    harness.add(SimBridgeNode(on_done=done.append, context=harness.context, parameter_overrides=overrides))
+    cmd_pub = harness.node.create_publisher(Twist, "cmd_vel", 10)
+    seen = []
+
+    def answer(msg: Image) -> None:  # a pipeline that only hears from the third frame on
+        seen.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+        if len(seen) > 2:
+            cmd = Twist()
+            cmd.linear.x = 5.0
+            cmd_pub.publish(cmd)
+
+    harness.node.create_subscription(Image, "camera/front/image_raw", answer, 10)
+    harness.listen(Odometry, "odom")
+    deadline = time.monotonic() + 20.0
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [result] = done
+    assert seen[:4] == pytest.approx([0.0, 0.0, 0.0, 0.1])  # the first cycle three times, then time runs
+    assert result.extras["start_retries"] == 2 and result.extras["missed_cycles"] == 0
+    assert result.extras["cycles"] == 5
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
 def test_image_encodings_decode_to_rgb(encoding):
     from vla_driver.nodes.convert import image_to_pil, image_to_rgb

@@ -41,8 +41,8 @@ def test_the_car_stays_safe_the_fault_is_named_and_driving_comes_back(suite, cas
 
 @pytest.mark.timeout(900)
 def test_the_bench_line_counts_the_cases_and_every_lost_odometry_message_is_placed(suite):
-    """The logger's losses are counted and put in the case they happened in. Runs lose 0 to 3 of ~930 (see
-    docs/results.md): measured by ``bench faults``, not asserted to be 0 here."""
+    """The logger's losses are counted and put in the case they happened in. Quiet runs lose none of ~1,200 (see
+    docs/results.md): measured by ``bench faults``, not asserted to be 0 on a machine that may be busy."""
     summary, logged = suite["summary"], suite["logged"]
     assert json.loads(suite["stdout"].strip().splitlines()[-1]) == summary
     assert summary["cases"] == len(suite["results"]) >= len(CASES) - 1  # the disk-full case needs root

@@ -29,7 +29,7 @@ from rosbags.rosbag2.storage_mcap import McapReader
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
 from . import messages as m
-from .repair import has_mcap_footer
+from .repair import has_mcap_footer, summary_damaged
 
 log = logging.getLogger(__name__)
 
@@ -313,16 +313,19 @@ def _count_damaged_chunk(left_out: LeftOut, name: str, file, offset: int, err: E
 # --- a file cut short ---------------------------------------------------------------------------------------
 
 def _repair_hint(bags: list[Path]) -> str:
-    """For an MCAP file cut short (no footer: its writer was killed), what makes it readable again."""
+    """What may make an unreadable MCAP bag readable again: ``logs repair`` rebuilds it from the records it can
+    read (a file cut short when its writer was killed; a damaged summary, index or footer)."""
     for bag in bags:
         try:
             files = sorted(bag.glob("*.mcap")) if bag.is_dir() else [bag] if bag.suffix == ".mcap" else []
             cut = next((f for f in files if not has_mcap_footer(f)), None)
+            folder = bag if bag.is_dir() else "its folder"
+            if cut is not None:
+                return f"; {cut.name} is cut short (no MCAP footer): run `vla-driver logs repair {folder}`"
+            if bag.is_dir() and any(summary_damaged(f) for f in files):
+                return f"; `vla-driver logs repair {bag}` rebuilds it from the records it can still read"
         except OSError:
             continue
-        if cut is not None:
-            folder = bag if bag.is_dir() else "its folder"
-            return f"; {cut.name} is cut short (no MCAP footer): run `vla-driver logs repair {folder}`"
     return ""
 
 

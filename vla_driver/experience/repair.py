@@ -2,8 +2,9 @@
 
 A killed writer leaves an MCAP file without its summary and footer, no metadata.yaml, and a stale lock.
 We walk the file's top-level records ourselves, stop at the first one that is cut short, let the ``mcap``
-package parse each complete record (chunks included), and rewrite every recovered message into a fresh
-bag with rosbags' Writer. The new bag replaces the old directory; a ``KEEP`` marker is carried over.
+package parse each complete record (chunks included; a damaged one is skipped and counted), and rewrite every
+recovered message into a fresh bag with rosbags' Writer. The new bag replaces the old directory; a ``KEEP``
+marker is carried over. A closed bag whose footer or summary was damaged later is rebuilt the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
 from mcap.opcode import Opcode
+from mcap.reader import SeekingReader
 from mcap.records import Channel, Chunk, Message, Schema
 from mcap.stream_reader import breakup_chunk
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -77,13 +79,19 @@ def complete_records(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _records(path: Path, stats: dict) -> Iterator[Schema | Channel | Message]:
-    """Schemas, channels and messages from the complete records, chunks opened."""
+    """Schemas, channels and messages from the complete records, chunks opened; a chunk whose contents are
+    damaged (CRC, compression, a record inside) is skipped and counted in ``stats["damaged_chunks"]``."""
     end = len(MCAP_MAGIC)
     for opcode, body in complete_records(path):
         stream = ReadDataStream(BytesIO(body))
         if opcode == Opcode.CHUNK:
-            yield from (r for r in breakup_chunk(Chunk.read(stream), validate_crc=True)
-                        if isinstance(r, Schema | Channel | Message))
+            try:
+                records = [r for r in breakup_chunk(Chunk.read(stream), validate_crc=True)
+                           if isinstance(r, Schema | Channel | Message)]
+            except Exception:  # noqa: BLE001 - whatever a damaged chunk makes the parser or decompressor raise
+                stats["damaged_chunks"] = stats.get("damaged_chunks", 0) + 1
+                records = []
+            yield from records
         elif opcode == Opcode.SCHEMA:
             yield Schema.read(stream)
         elif opcode == Opcode.CHANNEL:
@@ -151,14 +159,14 @@ def repair_segment(path, force: bool = False) -> RepairReport:
     """Rebuild one segment (bag directory) from the complete records of its MCAP file(s).
 
     A segment that is complete is left alone (one whose metadata was written but whose MCAP file was cut
-    short, e.g. by a full disk or a partial copy, is rebuilt); one whose lock a live writer holds is skipped
+    short, e.g. by a full disk or a partial copy, or whose summary or footer is damaged, is rebuilt); one whose lock a live writer holds is skipped
     unless ``force``. Corrupt or unsupported data gives a ``failed`` report, never an exception.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no segment directory at {path}")
     state = segment_state(path)
-    if state == "complete" and all(has_mcap_footer(f) for f in path.glob("*.mcap")):
+    if state == "complete" and all(has_mcap_footer(f) and not summary_damaged(f) for f in path.glob("*.mcap")):
         return RepairReport(path, "complete")
     if state == "open" and not force:
         return RepairReport(path, "active", note="a live writer holds its lock; use force to override")
@@ -198,6 +206,10 @@ def _rebuild(path: Path, sources: list[Path]) -> RepairReport:
                     rebuilt.add(record)
             except (McapError, ValueError, struct.error, UnicodeDecodeError) as err:
                 note = f"stopped at a corrupt record in {source.name}: {type(err).__name__}: {err}"
+            if stats.get("damaged_chunks"):
+                skipped = stats["damaged_chunks"]
+                note = "; ".join(filter(None, [note, f"{skipped} damaged chunk{'s' * (skipped != 1)} in "
+                                                     f"{source.name} skipped"]))
             discarded += max(0, source.stat().st_size - stats["end"]) if not has_mcap_footer(source) else 0
         rebuilt.writer.set_custom_data("vla_driver.repair", json.dumps(
             {"sources": [s.name for s in sources], "discarded_bytes": discarded, "note": note}))
@@ -212,6 +224,16 @@ def _rebuild(path: Path, sources: list[Path]) -> RepairReport:
         shutil.rmtree(staging_parent, ignore_errors=True)
     return RepairReport(path, "repaired", sum(rebuilt.counts.values()), dict(rebuilt.counts),
                         rebuilt.first_ns, rebuilt.last_ns, discarded, note)
+
+
+def summary_damaged(source: Path) -> bool:
+    """Whether an MCAP file's footer or summary (where readers find its chunks) cannot be parsed."""
+    try:
+        with source.open("rb") as f:
+            SeekingReader(f, validate_crcs=True).get_summary()
+        return False
+    except Exception:  # noqa: BLE001 - whatever a damaged summary makes the parser raise
+        return True
 
 
 def has_mcap_footer(source: Path) -> bool:

@@ -139,6 +139,7 @@ class _Soak:
             "bench": "soak", "minutes": round((time.monotonic() - start) / 60.0, 2), "episodes": len(episodes),
             "episodes_unfinished": failed, "cycles": sum(int(x.get("cycles", 0)) for x in extras),
             "missed_cycles": sum(int(x.get("missed_cycles", 0)) for x in extras),
+            "start_retries": sum(int(x.get("start_retries", 0)) for x in extras),
             "fallbacks": int(action.get("fallbacks", 0)), "crashes": len(crashed), "crashed": crashed,
             "rss_mb": {name: {"peak": round(max(v), 1), "final": round(v[-1], 1), "first": round(v[0], 1)}
                        for name, v in self.rss.items() if v},

@@ -159,7 +159,7 @@ class ActionNode(HotSwap, Node):
             self.get_logger().error(f"plan failed: {e!r}", throttle_duration_sec=1.0)
             self._fallback(obs.stamp, "model_error", f"plan failed: {e}", publish=not answered)
             return
-        answered = self._watchdog.disarm()  # the stop trajectory went out at the deadline: this plan is late
+        answered = self._watchdog.disarm()  # True: the watchdog sent the stop at the deadline; this plan is late
         elapsed_ms = (time.monotonic() - start) * 1e3
         if answered or elapsed_ms > self.params.deadline_ms:
             self._fallback(obs.stamp, "deadline", f"planning took {elapsed_ms:.0f} ms > {self.params.deadline_ms:.0f} ms",
@@ -205,7 +205,6 @@ class ActionNode(HotSwap, Node):
         self.marker_publisher.publish(trajectory_to_markers(traj, stamp, self.params.frame_id, fallback))
         if self.on_trajectory is not None:
             self.on_trajectory(stamp, traj, fallback)
-
 
     def destroy_node(self):
         self._watchdog.close()

@@ -133,10 +133,6 @@ class LoggerNode(Node):
         )
         self.callback_s: deque[float] = deque(maxlen=2000)  # time spent in each callback (s)
         self.diagnostics = NodeDiagnostics(self, backend="segment_writer")
-        self._writer_log = _ToRosLog(self.get_logger())  # degraded / recovered / quota deletions, with stamps
-        writer_log.addHandler(self._writer_log)
-        writer_log.setLevel(logging.INFO)
-        writer_log.propagate = False
         group = ReentrantCallbackGroup()  # callbacks only enqueue: let them run side by side
         self.recording: dict[str, str] = {}  # subscribed topic -> recorded name
         for role in dict.fromkeys(p.topics):
@@ -167,6 +163,8 @@ class LoggerNode(Node):
             f"logging {len(self.recording)} topics to {self.writer.root} "
             f"({', '.join(f'{a} -> {b}' for a, b in self.recording.items())})"
         )
+        # the writer's degraded / recovered / quota lines, stamped, in the node's log (last: nothing to undo)
+        self._writer_log = _ToRosLog.attach(self.get_logger())
 
     def _recorder(self, record_as: str):
         writer, clock, timings = self.writer, self.get_clock(), self.callback_s
@@ -228,8 +226,7 @@ class LoggerNode(Node):
         stats = self.writer.close()
         self.get_logger().info(f"logger closed: {stats['written']} written, {stats['dropped']} dropped, "
                                f"{stats['segments_closed']} segments")
-        writer_log.removeHandler(self._writer_log)
-        writer_log.propagate = True
+        self._writer_log.detach()
         return super().destroy_node()
 
 
@@ -239,17 +236,34 @@ class _ToRosLog(logging.Handler):
     def __init__(self, ros_logger):
         super().__init__(logging.INFO)
         self.ros_logger = ros_logger
+        self._before = (writer_log.level, writer_log.propagate)
+
+    @classmethod
+    def attach(cls, ros_logger) -> _ToRosLog:
+        handler = cls(ros_logger)
+        writer_log.addHandler(handler)
+        writer_log.setLevel(logging.INFO)
+        writer_log.propagate = False  # once, in the ROS log, not twice on stderr
+        return handler
+
+    def detach(self) -> None:
+        writer_log.removeHandler(self)
+        writer_log.setLevel(self._before[0])
+        writer_log.propagate = self._before[1]
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text += f": {record.exc_info[1]!r}"
-        if record.levelno >= logging.ERROR:
-            self.ros_logger.error(text)
-        elif record.levelno >= logging.WARNING:
-            self.ros_logger.warning(text)
-        else:
-            self.ros_logger.info(text)
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += f": {record.exc_info[1]!r}"
+            if record.levelno >= logging.ERROR:
+                self.ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self.ros_logger.warning(text)
+            else:
+                self.ros_logger.info(text)
+        except Exception:  # noqa: BLE001 - logging must never break the writer thread
+            self.handleError(record)
 
 
 def main(args=None) -> None:

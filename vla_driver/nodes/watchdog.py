@@ -7,9 +7,12 @@ trajectory at once and throws the late plan away when it returns.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class PlanWatchdog:
@@ -20,7 +23,8 @@ class PlanWatchdog:
         self._cond = threading.Condition()
         self._armed_at: float | None = None  # monotonic start of the plan being watched
         self._stamp = 0.0
-        self._fired = False
+        self._fired = False  # the deadline of the plan being watched has passed
+        self._answered = False  # ... and on_overrun went through
         self._closed = False
         self._thread = threading.Thread(target=self._watch, daemon=True, name="plan-watchdog")
         self._thread.start()
@@ -29,15 +33,16 @@ class PlanWatchdog:
         """A plan for the input stamped ``stamp`` starts; its deadline counts from ``since`` (monotonic; the
         cycle's start, default now)."""
         with self._cond:
-            self._armed_at, self._stamp, self._fired = time.monotonic() if since is None else since, stamp, False
+            self._armed_at, self._stamp = time.monotonic() if since is None else since, stamp
+            self._fired = self._answered = False
             self._cond.notify()
 
     def disarm(self) -> bool:
         """The plan returned (or raised): True when the watchdog already answered it."""
         with self._cond:
-            fired, self._armed_at = self._fired, None
+            answered, self._armed_at = self._answered, None
             self._cond.notify()
-            return fired
+            return answered
 
     def close(self) -> None:
         with self._cond:
@@ -56,4 +61,8 @@ class PlanWatchdog:
                     self._cond.wait(left)
                     continue
                 self._fired = True
-                self.on_overrun(self._stamp)  # under the lock: disarm() waits until the stop went out
+                try:
+                    self.on_overrun(self._stamp)  # under the lock: disarm() waits until the stop went out
+                    self._answered = True
+                except Exception:  # noqa: BLE001 - the plan's own cycle answers instead; keep watching
+                    log.exception("plan watchdog: answering an overrun failed")
