@@ -17,7 +17,8 @@ def test_episodes_back_to_back_lose_no_node_and_no_logged_message(tmp_path):
     record = json.loads(run.stdout.strip().splitlines()[-1])
     assert run.returncode == 0 and record["crashes"] == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert record["episodes"] >= 2 and record["episodes_unfinished"] == 0
-    # missed cycles are measured, not asserted: ~1 episode start in 10 still misses one (docs/results.md#soak)
-    assert record["cycles"] > 100 and 0 <= record["missed_cycles"] < record["cycles"]
+    # missed cycles are measured (docs/results.md#soak), not asserted: this machine may be busy
+    assert record["cycles"] > 100 and 0 <= record["missed_cycles"] < record["cycles"] and record["start_retries"] >= 0
     assert set(record["rss_mb"]) == {"decision_node", "action_node", "controller_node", "logger_node"}
+    assert record["rss_growth_pct"] == max(r["growth_pct"] for r in record["rss_mb"].values())
     assert record["logger_written"] > 0 and record["logger_dropped"] == 0

@@ -2,8 +2,9 @@
 controller and logger processes, as ``sim.launch.py`` starts them), episodes back to back for ``minutes``.
 A simulator bridge process drives each episode (the four scenarios in turn, a new seed each) and is replaced
 for the next; the nodes live through them all, sim time starting over each time. Reported: episodes, cycles,
-missed cycles, fallbacks, node crashes, peak and final RSS of every node process after the first episode (the
-warm-up), logger bytes and drops."""
+missed cycles, fallbacks, node crashes, RSS of every node process (peak and final, and its growth from the
+first sample after ``WARM_UP_S`` to the end: ``rss_growth_pct``, the largest of any node), logger bytes and
+drops."""
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ from .faults import NodeProcess, node_env
 SCENARIOS = ("highway", "merge", "roundabout", "intersection")
 EPISODE_S = 20.0  # sim seconds per episode
 RSS_PERIOD_S = 2.0
+WARM_UP_S = 120.0  # RSS growth counts from here (what a process allocates once has been allocated by then)
 
 
 def run_soak(minutes: float, work: str | Path | None = None, domain_id: int = 195, progress: bool = True) -> dict:
@@ -64,7 +66,8 @@ class _Soak:
         self._stop = threading.Event()
         self._spin = threading.Thread(target=self._spin_loop, daemon=True)
         self._spin.start()
-        self.rss: dict[str, list[float]] = {name: [] for name in self.nodes}
+        self.rss: dict[str, list[tuple[float, float]]] = {name: [] for name in self.nodes}  # (s into the soak, MB)
+        self.start = time.monotonic()
 
     def _spin_loop(self) -> None:
         while not self._stop.is_set():
@@ -83,7 +86,8 @@ class _Soak:
         for name, proc in self.nodes.items():
             if proc.alive():
                 try:
-                    self.rss[name].append(psutil.Process(proc.proc.pid).memory_info().rss / 2**20)
+                    self.rss[name].append((time.monotonic() - self.start,
+                                           psutil.Process(proc.proc.pid).memory_info().rss / 2**20))
                 except psutil.Error:
                     pass
 
@@ -109,7 +113,8 @@ class _Soak:
             bridge.stop()
 
     def run(self, seconds: float, progress: bool) -> dict:
-        start, k, failed = time.monotonic(), 0, 0
+        start = self.start = time.monotonic()
+        k, failed = 0, 0
         bar = tqdm(total=round(seconds), unit="s", desc="soak", disable=not progress)
         try:
             while time.monotonic() - start < seconds:
@@ -141,9 +146,18 @@ class _Soak:
             "missed_cycles": sum(int(x.get("missed_cycles", 0)) for x in extras),
             "start_retries": sum(int(x.get("start_retries", 0)) for x in extras),
             "fallbacks": int(action.get("fallbacks", 0)), "crashes": len(crashed), "crashed": crashed,
-            "rss_mb": {name: {"peak": round(max(v), 1), "final": round(v[-1], 1), "first": round(v[0], 1)}
-                       for name, v in self.rss.items() if v},
+            "rss_mb": {name: _rss_figures(v) for name, v in self.rss.items() if v},
+            "rss_growth_pct": max((_rss_figures(v)["growth_pct"] for v in self.rss.values() if v), default=None),
             "logger_written": int(logger.get("written", 0)), "logger_dropped": int(logger.get("dropped", 0)),
             "driving_score_mean": round(sum(float(e.get("driving_score", 0.0)) for e in episodes)
                                         / max(1, len(episodes)), 3),
         }
+
+
+def _rss_figures(samples: list[tuple[float, float]]) -> dict:
+    """Peak and final RSS (MB), and the growth from the first sample after the warm-up (or the first sample of a
+    shorter soak) to the final one."""
+    mb = [v for _, v in samples]
+    base = next((v for t, v in samples if t >= WARM_UP_S), mb[0])
+    return {"first": round(mb[0], 1), "after_warm_up": round(base, 1), "peak": round(max(mb), 1),
+            "final": round(mb[-1], 1), "growth_pct": round((mb[-1] - base) / base * 100.0, 2)}
