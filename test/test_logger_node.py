@@ -262,3 +262,20 @@ def test_compressed_camera_is_recorded_under_the_image_name(tmp_path):
         msg = reader.deserialize(raw, conn.msgtype)
     assert (conn.topic, conn.msgtype) == ("/camera/image_raw", "sensor_msgs/msg/CompressedImage")
     assert np.array_equal(m.decode_image(msg), rgb) and msg.header.stamp.sec == 5
+
+
+def test_a_message_over_max_message_mb_is_dropped_counted_and_named_while_the_rest_is_recorded(tmp_path):
+    rig = Rig(output_dir=str(tmp_path), min_free_mb=0.0, topics=["image", "odom"], max_message_mb=0.5)
+    try:
+        assert wait_until(lambda: rig.pubs["image"].get_subscription_count() > 0
+                          and rig.pubs["odom"].get_subscription_count() > 0)
+        rig.pubs["image"].publish(rgb_to_image(np.zeros((600, 800, 3), np.uint8), 1.0))  # 1.4 MB
+        rig.pubs["image"].publish(rgb_to_image(np.zeros((60, 80, 3), np.uint8), 1.1))
+        rig.pubs["odom"].publish(state_to_odometry(EgoState(SPEED, 0.0, 0.0, 0.0, 0.0, 1.1)))
+        assert wait_until(lambda: rig.logger.diagnostics.counters["too_large"] == 1
+                          and rig.logger.stats()["written"] == 2)
+        assert rig.logger.diagnostics.counters["too_large_/camera/image_raw"] == 1
+        assert wait_until(lambda: any("1 MiB message on /camera/image_raw dropped: over max_message_mb 0.5"
+                                      in s.message for s in rig.diagnostics))
+    finally:
+        rig.close()

@@ -31,8 +31,9 @@ def run(domain_id: int = 191, work: str = "") -> dict:
     logged = out["logged"]
     print(f"logger: {logged['recorded']} of {logged['sent']} odometry messages sent during the suite recorded; "
           f"reported lost by the logger (middleware): {logged['reported_lost']} "
-          f"{logged['reported_lost_by_topic'] or ''}; missed by a reader in the "
+          f"{logged['reported_lost_by_topic'] or ''}; over max_message_mb: {logged['too_large']}; missed by a reader in the "
           f"sending process: {logged['missed_by_witness']}; lost per case: {logged['lost_in'] or 'none'}; "
+          f"unflushed when the logger was SIGKILLed: {logged['unflushed_at_sigkill']}; "
           f"not recording (disk full, SIGTERM, SIGKILL) for {', '.join(f'{s:.2f}' for s in logged['logger_down_s'])} s")
     emit(out["summary"])
     return out["summary"]

@@ -79,6 +79,7 @@ class LoggerParams:
     segment_max_mb: float = param(1024.0, "a segment closes once it holds this much data (MiB)")
     min_free_mb: float = param(2048.0, "free space kept on the disk; oldest unflagged segments are deleted")
     queue_size: int = param(2000, "messages waiting for the writer thread; beyond that they are dropped")
+    max_message_mb: float = param(64.0, "a larger message is dropped, counted and named in /diagnostics (MiB)")
     topics: tuple = param(tuple(ROLES), f"roles to record, any of: {', '.join(ROLES)}")
     image_topic: str = param("image", "camera topic subscribed (sensor_msgs/Image, or CompressedImage)")
     camera_compressed: bool = param(False, "the camera topic carries sensor_msgs/CompressedImage")
@@ -93,7 +94,7 @@ class LoggerParams:
     diagnostics_topic: str = param("/diagnostics", "diagnostics subscribed (diagnostic_msgs/DiagnosticArray)")
     rig: str = param("front", "camera rig whose cameras are recorded too (camera/<name>/image_raw and camera_info); empty = none")
 
-    POSITIVE = ("segment_duration_s", "segment_max_mb", "queue_size")  # > 0; their descriptors carry the range
+    POSITIVE = ("segment_duration_s", "segment_max_mb", "queue_size", "max_message_mb")  # > 0; their descriptors carry the range
 
     def __post_init__(self):
         require_positive(self, *self.POSITIVE)
@@ -168,13 +169,23 @@ class LoggerNode(Node):
 
     def _recorder(self, record_as: str):
         writer, clock, timings = self.writer, self.get_clock(), self.callback_s
+        limit = int(self.params.max_message_mb * MB)
 
         def record(data: bytes) -> None:
             start = time.perf_counter()
+            if len(data) > limit:  # a broken driver's 8000x8000 frame (192 MB): neither queued nor written
+                self._too_large(record_as, len(data))
+                return
             writer.write(record_as, clock.now().nanoseconds, data)
             timings.append(time.perf_counter() - start)
 
         return record
+
+    def _too_large(self, record_as: str, size: int) -> None:
+        self.diagnostics.count(f"too_large_{record_as}")
+        self.diagnostics.count("too_large")
+        self.diagnostics.set_status(WARN, f"a {size / MB:.0f} MiB message on {record_as} dropped: over max_message_mb "
+                                          f"{self.params.max_message_mb:g}")
 
     def _loss_counter(self, record_as: str) -> SubscriptionEventCallbacks:
         """Messages the middleware reports lost before they reached the logger (a publisher's history
