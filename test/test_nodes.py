@@ -380,14 +380,20 @@ def test_executor_dispatches_a_queued_callback_once_while_its_workers_are_busy()
     assert 3 <= sum(entity is sub for entity in dispatched) <= 4
 
 
-def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout(harness):
+def bridge(harness, duration_s: float, step_timeout_s: float):
+    """A simulator bridge on the harness (highway, sim time), the list its episode result lands in, and a
+    publisher that plays the pipeline's cmd_vel."""
     from vla_driver.nodes.sim_bridge_node import SimBridgeNode
 
     done = []
-    overrides = [Parameter(k, value=v) for k, v in
-                 {"scenario": "highway", "duration_s": 1.0, "step_timeout_s": 0.5, "use_sim_time": True}.items()]
+    overrides = [Parameter(k, value=v) for k, v in {"scenario": "highway", "duration_s": duration_s,
+                                                     "step_timeout_s": step_timeout_s, "use_sim_time": True}.items()]
     harness.add(SimBridgeNode(on_done=done.append, context=harness.context, parameter_overrides=overrides))
-    cmd_pub = harness.node.create_publisher(Twist, "cmd_vel", 10)
+    return done, harness.node.create_publisher(Twist, "cmd_vel", 10)
+
+
+def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout(harness):
+    done, cmd_pub = bridge(harness, 1.0, 0.5)
     harness.listen(String, "episode")
     seen = []
 
@@ -418,13 +424,7 @@ def test_bridge_steps_on_each_command_and_counts_missed_cycles_after_the_timeout
 
 def test_bridge_publishes_the_first_cycle_again_until_it_is_answered_without_a_missed_cycle(harness):
     """A reader matched late loses the first frame: sim time waits for the pipeline instead of stepping blind."""
-    from vla_driver.nodes.sim_bridge_node import SimBridgeNode
-
-    done = []
-    overrides = [Parameter(k, value=v) for k, v in
-                 {"scenario": "highway", "duration_s": 0.5, "step_timeout_s": 0.3, "use_sim_time": True}.items()]
-    harness.add(SimBridgeNode(on_done=done.append, context=harness.context, parameter_overrides=overrides))
-    cmd_pub = harness.node.create_publisher(Twist, "cmd_vel", 10)
+    done, cmd_pub = bridge(harness, 0.5, 0.3)
     seen = []
 
     def answer(msg: Image) -> None:  # a pipeline that only hears from the third frame on
