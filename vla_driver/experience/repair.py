@@ -159,8 +159,8 @@ def repair_segment(path, force: bool = False) -> RepairReport:
     """Rebuild one segment (bag directory) from the complete records of its MCAP file(s).
 
     A segment that is complete is left alone (one whose metadata was written but whose MCAP file was cut
-    short, e.g. by a full disk or a partial copy, or whose summary or footer is damaged, is rebuilt); one whose lock a live writer holds is skipped
-    unless ``force``. Corrupt or unsupported data gives a ``failed`` report, never an exception.
+    short, e.g. by a full disk or a partial copy, or whose summary or footer is damaged, is rebuilt); one
+    whose lock a live writer holds is skipped unless ``force``. Corrupt or unsupported data gives a ``failed`` report, never an exception.
     """
     path = Path(path)
     if not path.is_dir():

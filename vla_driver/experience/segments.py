@@ -203,6 +203,9 @@ class _OpenSegment:
             os.close(self.lock_fd)
 
 
+FLUSH_INTERVAL_S = 0.5  # how much a killed writer can lose at most: what it had not flushed yet
+
+
 class SegmentWriter:
     """Non-blocking rosbag2 MCAP segment logger with rotation, disk quota and graceful degradation.
 
@@ -212,7 +215,7 @@ class SegmentWriter:
 
     def __init__(self, root_dir, segment_duration_s: float = 60.0, segment_max_bytes: int = 1 << 30,
                  min_free_bytes: int = 2 << 30, queue_size: int = 2000, name_prefix: str = "",
-                 *, queue_max_bytes: int = 256 << 20, flush_interval_s: float = 0.5,
+                 *, queue_max_bytes: int = 256 << 20, flush_interval_s: float = FLUSH_INTERVAL_S,
                  retry_interval_s: float = 2.0,
                  disk_usage: Callable[[Path], object] = shutil.disk_usage):
         self.root = Path(root_dir)

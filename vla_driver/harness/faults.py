@@ -44,6 +44,7 @@ from ..core.trajectory import TrajectorySpec, stop_trajectory
 from ..experience.bag_open import open_bags
 from ..experience.reader import find_bags
 from ..experience.repair import repair_all
+from ..experience.segments import FLUSH_INTERVAL_S
 from ..nodes.convert import (
     EgoState,
     path_to_trajectory,
@@ -64,7 +65,6 @@ CONTROLLER_MAX_INPUT_AGE_S = 0.5
 DECISION_TIMEOUT_S = 2.0
 SETTLE_TIMEOUT_S = 60.0  # waits for output, never asserted as a time
 LOGGER_READY = "[logger_node]: logging "  # the line a logger prints once its subscriptions exist
-LOGGER_FLUSH_S = 0.5  # the segment writer's flush interval (SegmentWriter flush_interval_s)
 RECORDING_AGAIN_S = 2.0  # how long after its reader matched a restarted logger may take to record its first message
 LOGGER_DEGRADED = "[logger_node]: experience logging degraded"  # its writer stopped recording (disk full, ...)
 LOGGER_RECOVERED = "[logger_node]: experience logging recovered"  # ... and records again
@@ -531,29 +531,30 @@ class FaultRig:
         with self.lock:
             down = [t for t in self.sent_stamps if any(a <= t < b for a, b in self.logger_down)]
             missing = [t for t in self.sent_stamps if round(t, 6) not in recorded and t not in down]
-            # a SIGKILL takes what the logger had not flushed yet (its flush interval, 0.5 s): not logged, so not
+            # a SIGKILL takes what the logger had not flushed yet (its flush interval): not logged, so not
             # "already logged and lost"; counted apart
-            unflushed = [t for t in missing if any(k - LOGGER_FLUSH_S <= t <= k for k in self.killed_at)]
+            unflushed = [t for t in missing if any(k - FLUSH_INTERVAL_S <= t <= k for k in self.killed_at)]
             missing = [t for t in missing if t not in unflushed]
             missed_by_witness = sum(round(t, 6) not in self.witnessed for t in self.sent_stamps)
-            reported = max((int(v) for _, n, _, text, _ in self.statuses if n == "logger_node"
-                            for v in re.findall(r"\blost=(\d+)", text)), default=0)
-            too_large = max((int(v) for _, n, _, text, _ in self.statuses if n == "logger_node"
-                             for v in re.findall(r"\btoo_large=(\d+)", text)), default=0)
-            reported_by_topic = {}  # the largest count each topic reached (a restarted logger counts anew)
-            for _, n, _, text, _ in self.statuses:
-                for topic, v in re.findall(r"\blost_(\S+)=(\d+)", text) if n == "logger_node" else ():
-                    reported_by_topic[topic] = max(reported_by_topic.get(topic, 0), int(v))
+            counters = self._logger_counters()
         lost_in = {}
         for t in missing:  # which case each lost message was sent in
             name = next((n for n, a, b in self.windows if a <= t <= b), "between cases")
             lost_in[name] = lost_in.get(name, 0) + 1
         return {"sent": self.sent["odom"] - len(down), "recorded": len(recorded - {round(t, 6) for t in down}),
                 "lost_in": lost_in, "sent_while_logger_down": len(down), "repaired": repaired,
-                "unflushed_at_sigkill": len(unflushed), "reported_lost": reported, "reported_lost_by_topic": reported_by_topic, "too_large": too_large,
-                "missed_by_witness": missed_by_witness,
-                "logger_down_s": [round(b - a, 2) for a, b in self.logger_down],
-                "missing_stamps": sorted(missing)[:50], "windows": self.windows, "down_spans": self.logger_down}
+                "unflushed_at_sigkill": len(unflushed), "reported_lost": counters.get("lost", 0),
+                "reported_lost_by_topic": {k[len("lost_"):]: v for k, v in counters.items() if k.startswith("lost_")},
+                "too_large": counters.get("too_large", 0), "missed_by_witness": missed_by_witness,
+                "logger_down_s": [round(b - a, 2) for a, b in self.logger_down], "missing_stamps": sorted(missing)[:50]}
+
+    def _logger_counters(self) -> dict[str, int]:
+        """The largest value each of the logger's /diagnostics counters reached (a restarted logger counts anew)."""
+        largest: dict[str, int] = {}
+        for _, node, _, text, _ in self.statuses:
+            for key, value in re.findall(r"\b(lost|lost_\S+|too_large)=(\d+)", text) if node == "logger_node" else ():
+                largest[key] = max(largest.get(key, 0), int(value))
+        return largest
 
     def _stop_feed(self) -> None:
         """Stop sending and listening (the nodes keep running)."""

@@ -154,9 +154,12 @@ class OrtSessions(Mapping):
         path = self.dir / name
         if path not in self.verified:
             raise RuntimeError(f"{path} is not a verified side file of these graphs")
+        self._check_unchanged(path)
+        return path
+
+    def _check_unchanged(self, path: Path) -> None:
         if _identity(path) != self.verified[path]:
             raise RuntimeError(f"{path} changed since it was verified at load")
-        return path
 
     def _open_later(self, name: str) -> OrtSession:
         """A graph opened after load: its (small) file is hashed again, and the weights file must be the one
@@ -166,8 +169,8 @@ class OrtSessions(Mapping):
             if spec.onnx_sha256:
                 verify_file_hash(spec.onnx_path(self.dir), spec.onnx_sha256)
             data = spec.data_path(self.dir)
-            if data is not None and data in self.verified and _identity(data) != self.verified[data]:
-                raise ValueError(f"{data} changed since it was verified at load")
+            if data is not None and data in self.verified:
+                self._check_unchanged(data)
             return self._session(name)
         except (OSError, ValueError, RuntimeError) as err:
             raise RuntimeError(f"cannot open the {name} graph: {err}") from None
